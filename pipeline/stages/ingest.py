@@ -1,0 +1,141 @@
+"""ingest: caption sources -> one clean, de-duplicated captions table (plus rejects).
+
+All sources are read as one stream; every run of ``unit_rows`` source rows is one committed unit.
+A resumed run rebuilds the de-duplication index from its finished units and skips their rows, so
+it ends with exactly the rows of an uninterrupted run. Memory holds one unit plus an 8-byte-keyed
+index of accepted captions, whatever the file size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from ..config import PipelineConfig, SourceConfig
+from ..hashing import digest, file_digest, text_hash64
+from ..io.readers import Bad, Record, ReaderError, read_source
+from ..paths import resolve_path
+from ..schemas import CAPTIONS, REJECTS, conform
+from ..stage import Stage, StageContext, StageError
+from ..text import clean_text, norm_key
+
+
+def _source_rows(src: SourceConfig, limit: int | None) -> Iterator[Record | Bad]:
+    rows = read_source(resolve_path(src.path), src.format, src.columns)
+    n = min(x for x in (src.limit, limit) if x) if (src.limit or limit) else None
+    return itertools.islice(rows, n) if n else rows
+
+
+class Deduper:
+    """Exact and normalised duplicate detection; remembers where each kept caption came from."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.exact: dict[int, str] = {}
+        self.near: dict[int, str] = {}
+
+    def key_text(self, rec_text: str, positive: list[str] | None) -> str:
+        # chains (HierarCaps inputs) are distinct items even when they share a caption
+        return " => ".join(positive) if positive else rec_text
+
+    def check(self, text: str, where: str) -> str | None:
+        if self.mode == "none":
+            return None
+        h = text_hash64(text)
+        if h in self.exact:
+            return f"exact duplicate of {self.exact[h]}"
+        if self.mode == "normalized":
+            n = text_hash64(norm_key(text))
+            if n in self.near:
+                return f"near-duplicate (normalised) of {self.near[n]}"
+            self.near[n] = where
+        self.exact[h] = where
+        return None
+
+
+class Ingest(Stage):
+    name = "ingest"
+    version = "1"
+    config_sections = ("ingest",)
+    description = "read caption sources, clean, de-duplicate"
+
+    def key_material(self, config: PipelineConfig) -> dict:
+        files = {}
+        for s in config.ingest.sources:
+            p = resolve_path(s.path)
+            files[s.name] = file_digest(p) if p.exists() else "missing"
+        return {"files": files}
+
+    def process(self, ctx: StageContext) -> None:
+        cfg = ctx.config.ingest
+        if not cfg.sources:
+            raise StageError("ingest: no sources configured (ingest.sources is empty)")
+        limit = cfg.limit
+        done = ctx.done_units()
+        dedup = Deduper(cfg.dedup)
+        resume_rows = self._rebuild(ctx, dedup, done)
+        unit_rows = cfg.unit_rows
+        rows, rejects, g = [], [], 0
+        for src in cfg.sources:
+            path = str(resolve_path(src.path))
+            try:
+                stream = _source_rows(src, limit)
+                for item in stream:
+                    g += 1
+                    if g <= resume_rows:
+                        continue
+                    self._one(item, src, path, cfg, dedup, rows, rejects)
+                    if g % unit_rows == 0:
+                        self._commit(ctx, g // unit_rows - 1, rows, rejects)
+                        rows, rejects = [], []
+                        ctx.progress(g, None, f"{src.name}: {item.row} rows")
+            except ReaderError as e:
+                raise StageError(f"ingest: {e}") from None
+        if g > resume_rows and (rows or rejects or g % unit_rows):
+            self._commit(ctx, (g - 1) // unit_rows, rows, rejects)
+        ctx.progress(g, g, "done", force=True)
+        ctx.stats["sources"] = [s.name for s in cfg.sources]
+
+    @staticmethod
+    def _commit(ctx, index, rows, rejects):
+        ctx.commit(index, conform(rows, CAPTIONS), conform(rejects, REJECTS))
+
+    def _rebuild(self, ctx: StageContext, dedup: Deduper, done: dict[int, dict]) -> int:
+        """Re-seed the de-dup index from finished units; returns how many source rows they cover."""
+        k = 0
+        while k in done:
+            k += 1
+        for j in done:
+            if j >= k:  # beyond a gap: cannot happen with sequential commits, but never keep it
+                ctx.out.unit_path(j).unlink(missing_ok=True)
+        for i in range(k):
+            t = pq.read_table(ctx.out.unit_path(i), columns=["text", "positive", "source", "source_row"])
+            for rec in t.to_pylist():
+                dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}")
+        return k * ctx.config.ingest.unit_rows
+
+    def _one(self, item, src, path, cfg, dedup, rows, rejects):
+        if isinstance(item, Bad):
+            rejects.append(dict(stage=self.name, source=path, row=item.row, reason=item.reason, raw=item.raw))
+            return
+        text = clean_text(item.text)
+        pos = [clean_text(t) for t in item.positive] if item.positive else None
+        neg = [clean_text(t) for t in item.negative] if item.negative else None
+        reason = None
+        if len(text) < cfg.min_chars:
+            reason = "empty caption" if not text else f"caption shorter than {cfg.min_chars} characters"
+        elif len(text) > cfg.max_chars:
+            reason = f"caption longer than {cfg.max_chars} characters ({len(text)})"
+        else:
+            reason = dedup.check(dedup.key_text(text, pos), f"{src.name} row {item.row}")
+        if reason:
+            rejects.append(dict(stage=self.name, source=path, row=item.row, reason=reason, raw=text[:300]))
+            return
+        rows.append(dict(
+            caption_id=digest([src.name, text, pos, item.orig_id]), text=text, source=src.name,
+            source_file=path, source_row=item.row, split=item.split or src.split,
+            image_url=item.image_url, image_id=item.image_id, orig_id=item.orig_id,
+            positive=pos, negative=neg,
+        ))

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the project with its dev extras, pinned by constraints.txt.
+# Idempotent: a second call only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade uv >/dev/null
+export UV_FIND_LINKS="${PIP_FIND_LINKS:-}"
+.venv/bin/python -m uv pip install --python .venv/bin/python --compile-bytecode -q \
+  -c constraints.txt -e ".[dev]"
