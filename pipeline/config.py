@@ -83,6 +83,7 @@ class IngestSection(Section):
     max_chars: int = Field(1000, ge=10)   # longer captions are rejected, not truncated
     dedup: Literal["normalized", "exact", "none"] = "normalized"
     limit: int | None = Field(None, ge=1)  # cap on rows read from each source (the flow's `limit`)
+    clean_chains: bool = False            # given chains (HierarCaps CSVs) are curated: kept verbatim
 
 
 class SamplingSection(Section):

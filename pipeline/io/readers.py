@@ -63,7 +63,8 @@ def open_text(path: Path) -> io.TextIOBase:
 
 
 def _raw(s: str) -> str:
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")[:RAW_MAX]
+    """Printable excerpt; invalid bytes show as \\xNN."""
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:RAW_MAX]
 
 
 def detect_format(path: Path) -> str:

@@ -120,9 +120,10 @@ class Ingest(Stage):
         if isinstance(item, Bad):
             rejects.append(dict(stage=self.name, source=path, row=item.row, reason=item.reason, raw=item.raw))
             return
-        text = clean_text(item.text)
-        pos = [clean_text(t) for t in item.positive] if item.positive else None
-        neg = [clean_text(t) for t in item.negative] if item.negative else None
+        keep = (lambda t: t) if item.positive and not cfg.clean_chains else clean_text
+        text = keep(item.text)
+        pos = [keep(t) for t in item.positive] if item.positive else None
+        neg = [keep(t) for t in item.negative] if item.negative else None
         reason = None
         if len(text) < cfg.min_chars:
             reason = "empty caption" if not text else f"caption shorter than {cfg.min_chars} characters"

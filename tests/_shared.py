@@ -1,0 +1,15 @@
+"""Locate ../shared/data/hierarcaps (third-party data, never copied into the repo)."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HIERARCAPS = REPO.parent / "shared" / "data" / "hierarcaps"
+TEST_CSV = HIERARCAPS / "hierarcaps_test.csv"
+EXPANDED = HIERARCAPS / "hierarcaps_test_expanded.csv.gz"
+IMAGES = HIERARCAPS / "test_imgs"
+
+needs_shared = pytest.mark.skipif(
+    not TEST_CSV.exists(), reason=f"shared HierarCaps data not found at {HIERARCAPS} (absent on a user's clone)"
+)
