@@ -9,6 +9,12 @@ from .stage import Stage
 # name -> "module:Class"; imported lazily so the CLI starts fast and model deps load on demand
 STAGES: dict[str, str] = {
     "ingest": "pipeline.stages.ingest:Ingest",
+    "seed": "pipeline.stages.seed:Seed",
+    "nli_filter": "pipeline.stages.nli_filter:NliFilter",
+    "augment": "pipeline.stages.augment:Augment",
+    "distill": "pipeline.stages.distill:Distill",
+    "bulk": "pipeline.stages.bulk:Bulk",
+    "negatives": "pipeline.stages.negatives:Negatives",
     "export": "pipeline.stages.export:Export",
 }
 DEFAULT_OFF = {"align", "bench"}

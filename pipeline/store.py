@@ -122,6 +122,9 @@ class StageDir:
             raise FileNotFoundError(f"stage '{self.name}' has no output in {self.path}")
         return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
+    def read_unit(self, index: int, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(self.unit_path(index), columns=columns)
+
     def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
         for f in self.data_files():
             yield pq.read_table(f, columns=columns)

@@ -12,18 +12,26 @@ _EDGE_PUNCT = re.compile(r"^[\W_]+|[\W_]+$")
 
 def clean_text(text: str) -> str:
     """NFC, drop control/zero-width characters, fold whitespace. Keeps case and punctuation."""
-    text = unicodedata.normalize("NFC", text)
-    text = _CTRL.sub(" ", text)
-    return _WS.sub(" ", text).strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    if not text.isprintable():  # control and zero-width characters are not printable
+        text = _CTRL.sub(" ", text)
+    return " ".join(text.split())
 
 
 def norm_key(text: str) -> str:
     """Key for near-duplicate detection: NFKC, casefolded, edge punctuation and spacing folded."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = _WS.sub(" ", text).strip()
-    return _EDGE_PUNCT.sub("", text)
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return _EDGE_PUNCT.sub("", " ".join(text.casefold().split()))
 
 
 def has_bad_bytes(text: str) -> bool:
     """True when a string decoded with surrogateescape carried invalid UTF-8."""
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -8,18 +8,25 @@ index of accepted captions, whatever the file size.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Iterator
 
 import pyarrow.parquet as pq
 
 from ..config import PipelineConfig, SourceConfig
-from ..hashing import digest, file_digest, text_hash64
+from ..hashing import file_digest, text_hash64
 from ..io.readers import Bad, Record, ReaderError, read_source
 from ..paths import resolve_path
 from ..schemas import CAPTIONS, REJECTS, conform
 from ..stage import Stage, StageContext, StageError
 from ..text import clean_text, norm_key
+
+
+def caption_id(source: str, text: str, positive: list[str] | None, orig_id: str | None) -> str:
+    """Stable id: the same caption (and given chain) from the same source keeps its id across runs."""
+    key = "\x1f".join([source, text, " => ".join(positive or []), orig_id or ""])
+    return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _source_rows(src: SourceConfig, limit: int | None) -> Iterator[Record | Bad]:
@@ -135,7 +142,7 @@ class Ingest(Stage):
             rejects.append(dict(stage=self.name, source=path, row=item.row, reason=reason, raw=text[:300]))
             return
         rows.append(dict(
-            caption_id=digest([src.name, text, pos, item.orig_id]), text=text, source=src.name,
+            caption_id=caption_id(src.name, text, pos, item.orig_id), text=text, source=src.name,
             source_file=path, source_row=item.row, split=item.split or src.split,
             image_url=item.image_url, image_id=item.image_id, orig_id=item.orig_id,
             positive=pos, negative=neg,
