@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from pipeline import runner
 from pipeline.config import PipelineConfig
@@ -45,6 +46,12 @@ def stage_task(name: str, config: dict, run_id: str, force: bool = False) -> dic
 
     manifest = run_stage(get_stage(name), cfg, store, force=force, on_progress=on_progress)
     update_progress_artifact(art, 100.0, description=f"{name}: done")
+    for tkey, rows in (manifest.get("stats") or {}).get("tables", {}).items():
+        create_table_artifact(key=f"{name}-{tkey}".replace("_", "-"), table=rows, description=f"{name}: {tkey}")
+    report = (manifest.get("stats") or {}).get("report")
+    if report and Path(report).exists():
+        create_markdown_artifact(key=f"{name}-report".replace("_", "-"), markdown=Path(report).read_text(),
+                                 description=f"{name} quality report")
     logger.info("%s %s: in=%s out=%s rejected=%s wall=%.1fs", name, "cache hit" if manifest["cache_hit"] else "done",
                 manifest["rows_in"], manifest["rows_out"], manifest["rows_rejected"], manifest["wall_s"])
     return manifest

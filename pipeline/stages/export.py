@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from .. import N_TIERS
 from ..config import PipelineConfig
 from ..io.writers import pair_rows, test_rows, write_csv
+from ..report import write_dataset_card, write_quality_report
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
@@ -89,6 +90,6 @@ class Export(Stage):
         ctx.commit(0, data, conform(rejects, REJECTS), rows_in=table.num_rows)
         pq.write_table(data, out / f"{cfg.name}.parquet", compression="zstd")
         ctx.stats.update(files=files, source=ups[0], train=len(train), test=len(test))
-        from ..report import write_dataset_card
-
         write_dataset_card(ctx, train, test)
+        write_quality_report(ctx, train + test)
+        ctx.stats["report"] = str(out / "report.md")
