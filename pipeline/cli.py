@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     p.add_argument("--no-prefect", action="store_true")
 
+    for name, what in (("align", "RE-fine-tune a text encoder on the run's chains (align.* config)"),
+                       ("bench", "HierarCaps benchmark, zero-shot vs fine-tuned (bench.* config)")):
+        p = sub.add_parser(name, help=what)
+        _common(p)
+        p.add_argument("--force", action="store_true")
+        p.add_argument("--no-prefect", action="store_true")
+
     p = sub.add_parser("status", help="show each stage of a run")
     p.add_argument("run_id")
     p.add_argument("--root")
@@ -77,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from . import runner
 
-    if args.cmd in ("run", "stage"):
-        stages = [args.name] if args.cmd == "stage" else (args.stages.split(",") if args.stages else None)
+    if args.cmd in ("run", "stage", "align", "bench"):
+        stages = {"stage": [getattr(args, "name", None)], "align": ["align"], "bench": ["bench"]}.get(
+            args.cmd, args.stages.split(",") if getattr(args, "stages", None) else None)
         config, store = runner.resolve(args.preset, args.config, args.overrides, args.run_id,
                                        getattr(args, "limit", None), args.root)
         stages = runner.check_stages(stages)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .align.config import AlignConfig
+
 PRESETS_DIR = Path(__file__).parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,6 +124,7 @@ class AugmentSection(Section):
 
 
 class DistillSection(Section):
+    include_exemplars: bool = False       # also learn from prompts/exemplars.jsonl (hand-written chains)
     generalize_prefix: str = "generalize: "
     specify_prefix: str = "specify: "
     lr: float = Field(3e-4, gt=0)
@@ -168,14 +171,20 @@ class ExportSection(Section):
     require_negatives_for_train: bool = True
 
 
-class AlignSection(Section):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    enabled: bool = False
+class AlignSection(AlignConfig):
+    """RE / cone / CLEAR GLASS fine-tuning (every AlignConfig field) plus where the chains come from."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    chains: str = "export"                 # "export" (this run's dataset) or a HierarCaps CSV / Parquet path
 
 
 class BenchSection(Section):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-    enabled: bool = False
+    model: str | None = None               # default: align.model
+    kind: Literal["clip", "sentence-transformers"] | None = None   # default: align.encoder_kind
+    test_csv: Path | None = None           # the curated 1K test set (hierarcaps_test.csv)
+    images_dir: Path | None = None         # its images (CLIP only; text encoders get d_corr only)
+    finetuned: str = "auto"                # "auto": this run's align output when it exists; "none"; or a path
+    device: str = "cpu"
 
 
 class PipelineConfig(Section):

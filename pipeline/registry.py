@@ -16,6 +16,8 @@ STAGES: dict[str, str] = {
     "bulk": "pipeline.stages.bulk:Bulk",
     "negatives": "pipeline.stages.negatives:Negatives",
     "export": "pipeline.stages.export:Export",
+    "align": "pipeline.stages.align:Align",
+    "bench": "pipeline.stages.bench:Bench",
 }
 DEFAULT_OFF = {"align", "bench"}
 

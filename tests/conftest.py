@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# one tiny-model cache for the fixtures and for stage processes the flow tests spawn
+os.environ.setdefault("HIERARCAPS_CACHE", str(REPO / ".cache" / "tiny"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
-    """{"llama": path, "t5": path, "nli": path}; cached under $HIERARCAPS_CACHE when set
-    (reused across runs), else in a session tmp dir."""
+    """{"llama": path, "t5": path, "nli": path}; cached under $HIERARCAPS_CACHE (default
+    .cache/tiny in the checkout, git-ignored), reused across runs."""
     from pipeline.models import resolve_model
 
-    cache = os.environ.get("HIERARCAPS_CACHE") or str(tmp_path_factory.mktemp("tiny_cache"))
+    cache = os.environ["HIERARCAPS_CACHE"]
     return {
         "llama": resolve_model("tiny/llama-chat", cache),
         "t5": resolve_model("tiny/t5", cache),

@@ -11,9 +11,10 @@ from __future__ import annotations
 from ..backends.completer import Completer, make_training_pairs, train_completer, validity_report
 from ..config import PipelineConfig
 from ..hashing import digest
+from ..prompts import load_exemplars
 from ..schemas import CHAINS, conform
 from ..stage import Stage, StageContext, StageError
-from .common import completer_config, make_scorer, model_key, model_path
+from .common import completer_config, make_scorer, model_key, model_path, prompt_key
 
 
 class Distill(Stage):
@@ -26,21 +27,25 @@ class Distill(Stage):
     description = "fine-tune the completer H"
 
     def key_material(self, config: PipelineConfig) -> dict:
-        return model_key(config, "completer", "nli")
+        extra = prompt_key() if config.distill.include_exemplars else {}
+        return {**model_key(config, "completer", "nli"), **extra}
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.distill
         rows = ctx.upstream("nli_filter").read().to_pylist()
         if ctx.store.stage("augment").manifest() is not None:
             rows += ctx.store.stage("augment").read().to_pylist()
-        if len(rows) < 2:
+        if len(rows) < 2 and not cfg.include_exemplars:
             raise StageError(f"distill: only {len(rows)} accepted chains; need at least 2 to train H")
         order = sorted(rows, key=lambda r: digest([ctx.seed, "distill", r["chain_id"]]))
         n_held = max(1, int(round(len(order) * cfg.eval_fraction))) if cfg.eval_fraction else 0
         held, train = order[:n_held], order[n_held:]
         base = model_path(ctx.config.models.completer.model, ctx.config)
         ccfg = completer_config(ctx.config, base)
-        pairs = make_training_pairs([r["positive"] for r in train], ccfg.format)
+        chains = [r["positive"] for r in train]
+        if cfg.include_exemplars:
+            chains += [e["positive"] for e in load_exemplars()]
+        pairs = make_training_pairs(chains, ccfg.format)
         out_dir = ctx.out.path / "h"
         metrics = train_completer(pairs, ccfg, out_dir, progress=lambda s, t: ctx.progress(s, t, "optimizer steps"))
         stats = {"chains": len(rows), "train_chains": len(train), "held_out_chains": len(held),

@@ -22,22 +22,27 @@ from ..store import RunStore
 SOURCES = ("negatives", "bulk", "ingest")
 
 
+def _well_formed(tiers) -> bool:
+    """4 non-empty tiers, none holding the separator (the CSV must split back into exactly 4)."""
+    return bool(tiers) and len(tiers) == N_TIERS and all(t and "=>" not in t for t in tiers)
+
+
 def full_negative(c: dict) -> bool:
-    neg = c.get("negative")
-    return bool(neg) and len(neg) == N_TIERS and all(neg)
+    return _well_formed(c.get("negative"))
 
 
 def to_chain_rows(table: pa.Table) -> tuple[list[dict], list[dict]]:
-    """Rows with a full positive chain; the rest (plain captions) become rejects."""
+    """Rows with a well-formed positive chain; the rest (plain captions, broken tiers) become rejects."""
     keep, bad = [], []
     for r in table.to_pylist():
-        pos = r.get("positive")
-        if pos and len(pos) == N_TIERS and all(pos):
+        if _well_formed(r.get("positive")):
             r.setdefault("chain_id", r.get("caption_id"))
             keep.append(r)
         else:
+            why = "no 4-tier chain (caption only)" if not r.get("positive") else \
+                "positive chain is not 4 non-empty tiers free of '=>'"
             bad.append(dict(stage="export", source="upstream", row=-1, key=r.get("chain_id") or r.get("caption_id"),
-                            reason="no 4-tier chain (caption only)", raw=(r.get("text") or "")[:300]))
+                            reason=why, raw=(r.get("text") or " => ".join(r.get("positive") or []))[:300]))
     return keep, bad
 
 

@@ -65,7 +65,7 @@ class Negatives(Stage):
                     ent = 1.0 if k == 1 else float(probs[j, 0])
                     con = float(probs[j + 1, 2])
                     j += 2
-                    ok = c.strip() and norm_key(c) != norm_key(r["positive"][k - 1]) and \
+                    ok = c.strip() and "=>" not in c and norm_key(c) != norm_key(r["positive"][k - 1]) and \
                         ent >= cfg.entail_threshold and con >= cfg.contradict_threshold
                     if chosen is None and ok:
                         chosen = (c.strip(), ent, con, t + 1)

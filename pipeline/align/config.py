@@ -1,0 +1,53 @@
+"""AlignConfig: every knob of RE alignment, loss weights included. Defaults are the paper's (CLIP)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AlignConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # encoder
+    encoder_kind: Literal["clip", "sentence-transformers"] = "clip"
+    model: str = "openai/clip-vit-base-patch32"
+    max_length: int = 77
+    device: str = "cpu"
+    train_last_n_layers: int | None = None   # sentence-transformers only; None = whole text encoder
+
+    # objective: "re" (paper), "cone" (entailment-cone ablation), "clear_glass", or RE + CLEAR GLASS
+    objective: Literal["re", "cone", "clear_glass", "re+clear_glass"] = "re"
+    lambda_p: float = Field(10.0, description="pull-back weight (paper)")
+    lambda_e: float = Field(1.0, description="RE (or cone) weight (paper)")
+    lambda_m: float = Field(1.0, description="hard-mining weight (paper)")
+
+    # entailment-cone ablation (Ganea et al. 2018 / MERU half-aperture)
+    cone_K: float = 0.1
+    cone_margin: float = 0.1
+
+    # CLEAR GLASS (arXiv 2509.12771), our reading: see losses.clear_glass_loss
+    lambda_cg: float = 1.0
+    cg_inner_weight: float = 1.0
+    cg_temperature: float = 0.05
+    cg_group_tier: Literal[1, 2] = 1
+    cg_groups: int = 8
+    cg_members: int = 4          # per group; split into two halves for the outer loss (even)
+
+    # optimisation (paper: AdamW, lr 1e-7, 8 chains, 1 epoch)
+    lr: float = 1e-7
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    epochs: int = 1
+    max_steps: int | None = None   # cap on optimiser steps (None: full epochs)
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear"] = "constant"
+    grad_clip: float | None = None
+    dropout: bool = True           # train mode during training, as the official code
+    seed: int = 0
+    log_every: int = 1
+
+    # data
+    exclude_test_csv: str | None = None   # test captions/images to drop from the training chains
+    n_heldout_images: int = 0

@@ -1,0 +1,166 @@
+"""Training loop: `train_align` (chains + encoder + config -> fine-tuned model and curves) and
+`run_align` (the CLI entry: paths in, paths out)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.align import losses
+from pipeline.align.config import AlignConfig
+from pipeline.align.data import Chain, load_chains, norm_text, training_split
+from pipeline.align.encoders import Encoder, load_encoder
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _chain_batches(chains: list[Chain], cfg: AlignConfig, rng: random.Random):
+    """Shuffled batches of `batch_size` chains for `epochs` epochs (last partial batch dropped)."""
+    for _ in range(cfg.epochs):
+        order = list(range(len(chains)))
+        rng.shuffle(order)
+        for i in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+            yield [chains[j] for j in order[i:i + cfg.batch_size]]
+
+
+class GroupSampler:
+    """CLEAR GLASS batches: `cg_groups` groups x `cg_members` chains sharing a tier-`cg_group_tier`
+    concept. Only the member captions (tier 4) are encoded: the shared concept is never shown."""
+
+    def __init__(self, chains: list[Chain], cfg: AlignConfig, rng: random.Random):
+        groups = defaultdict(list)
+        for c in chains:
+            groups[norm_text(c.positive[cfg.cg_group_tier - 1])].append(c)
+        self.groups = [g for g in groups.values() if len({norm_text(c.caption) for c in g}) >= cfg.cg_members]
+        if len(self.groups) < cfg.cg_groups:
+            raise ValueError(f"CLEAR GLASS needs {cfg.cg_groups} groups with >= {cfg.cg_members} distinct captions; "
+                             f"found {len(self.groups)}")
+        self.cfg, self.rng = cfg, rng
+
+    def sample(self) -> list[list[str]]:
+        out = []
+        for g in self.rng.sample(self.groups, self.cfg.cg_groups):
+            caps = list(dict.fromkeys(c.caption for c in g))
+            out.append(self.rng.sample(caps, self.cfg.cg_members))
+        return out
+
+
+def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Chain] | None,
+                 groups: list[list[str]] | None) -> dict[str, torch.Tensor]:
+    texts: list[str] = []
+    if batch is not None:  # official layout: [pos tier1 of all chains, ..., neg tier4 of all chains]
+        texts += [c.positive[k] for k in range(4) for c in batch] + [c.negative[k] for k in range(4) for c in batch]
+    n_chain_texts = len(texts)
+    if groups is not None:
+        texts += [t for g in groups for t in g]
+    E = enc.encode_text(texts)
+    with torch.no_grad():
+        E0 = frozen.encode_text(texts)
+    out = {"ploss": losses.pullback_loss(E, E0)}
+    total = cfg.lambda_p * out["ploss"]
+    if batch is not None:
+        root = enc.root()  # current weights, every step
+        B = len(batch)
+        Ev = E[:n_chain_texts].view(2, 4, B, -1).transpose(1, 2)  # (pos/neg, B, 4, D)
+        if cfg.objective == "cone":
+            part = losses.cone_loss(Ev[0], Ev[1], root, cfg.cone_K, cfg.cone_margin)
+        else:
+            part = losses.re_loss(Ev[0], Ev[1], root)
+        out.update(part)
+        total = total + cfg.lambda_e * part["eloss"] + cfg.lambda_m * part["mloss"]
+    if groups is not None:
+        G, M = len(groups), len(groups[0])
+        part = losses.clear_glass_loss(E[n_chain_texts:].view(G, M, -1), cfg.cg_temperature, cfg.cg_inner_weight)
+        out.update(part)
+        total = total + cfg.lambda_cg * part["cg"]
+    out["total_loss"] = total
+    return out
+
+
+def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir: str | Path | None) -> dict:
+    """Fine-tune `encoder` in place on `chains`; save model + `train_curves.json` under out_dir."""
+    seed_all(cfg.seed)
+    rng = random.Random(cfg.seed)
+    use_chains = cfg.objective != "clear_glass"
+    use_groups = "clear_glass" in cfg.objective
+    train_chains = [c for c in chains if c.has_full_negative] if use_chains else list(chains)
+    if use_chains and not train_chains:
+        raise ValueError("RE/cone training needs chains with full 4-tier negatives; none found")
+    sampler = GroupSampler(chains, cfg, rng) if use_groups else None
+
+    # an epoch: every chain once (RE/cone), or as many group batches as chains allow (CLEAR GLASS only)
+    per_step = cfg.batch_size if use_chains else cfg.cg_groups * cfg.cg_members
+    n_steps = len(train_chains) // per_step * cfg.epochs
+    if cfg.max_steps is not None:
+        n_steps = min(n_steps, cfg.max_steps)
+    if n_steps <= 0:
+        raise ValueError(f"no training steps: {len(train_chains)} chains, batch {cfg.batch_size}, max_steps {cfg.max_steps}")
+
+    frozen = encoder.frozen_copy()
+    params = encoder.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "linear":
+            return max(0.0, (n_steps - step) / max(1, n_steps - cfg.warmup_steps))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    encoder.train(cfg.dropout)
+    batches = _chain_batches(train_chains, cfg, rng) if use_chains else None
+    curves: list[dict] = []
+    t0 = time.time()
+    pbar = tqdm(range(n_steps), desc=f"align[{cfg.objective}]")
+    for step in pbar:
+        batch = next(batches) if batches is not None else None
+        groups = sampler.sample() if sampler is not None else None
+        opt.zero_grad()
+        L = _step_losses(encoder, frozen, cfg, batch, groups)
+        L["total_loss"].backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == n_steps - 1:
+            curves.append({"step": step, "lr": sched.get_last_lr()[0], **{k: float(v.detach()) for k, v in L.items()}})
+            pbar.set_postfix(loss=f"{curves[-1]['total_loss']:.4f}")
+    encoder.eval()
+    tail = curves[-max(1, len(curves) // 10):]
+    metrics = {"steps": n_steps, "train_chains": len(train_chains), "seconds": round(time.time() - t0, 1),
+               "first": curves[0], "last": curves[-1],
+               "tail_mean": {k: float(np.mean([c[k] for c in tail])) for k in curves[-1] if k not in ("step", "lr")}}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        encoder.save(out / "model")
+        (out / "train_curves.json").write_text(json.dumps(
+            {"config": cfg.model_dump(), "metrics": metrics, "curves": curves}, indent=1))
+    return metrics
+
+
+def run_align(config: AlignConfig, chains_path: str | Path, out_dir: str | Path) -> dict:
+    """CLI entry: load chains (dropping test captions/images when `exclude_test_csv` is set), load the
+    encoder named in the config, train, save under out_dir. Returns training metrics + split stats."""
+    chains = load_chains(chains_path)
+    stats = {"input": len(chains)}
+    if config.exclude_test_csv:
+        split = training_split(chains, load_chains(config.exclude_test_csv), config.n_heldout_images, config.seed)
+        chains, stats = split.train, split.stats
+    enc = load_encoder(config.encoder_kind, config.model, config.device, config.max_length, config.train_last_n_layers)
+    metrics = train_align(chains, enc, config, out_dir)
+    metrics["split"] = stats
+    Path(out_dir, "align_metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics

@@ -1,0 +1,1 @@
+"""HierarCaps benchmark: d_corr and hierarchical retrieval P/R as the official evaluator computes them."""
