@@ -47,6 +47,8 @@ RUNS: dict[str, dict] = {
                                         warmup_steps=20),
     "re_top3_lr1e-4_s240_lp30_lin": dict(objective="re", lr=1e-4, max_steps=240, train_last_n_layers=3,
                                          lambda_p=30.0, schedule="linear", warmup_steps=20),
+    "re_all_lr6e-5_s600_lp30_lin": dict(objective="re", lr=6e-5, max_steps=600, lambda_p=30.0, schedule="linear",
+                                        warmup_steps=30),
     "cg_top2_lr1e-4_s20": dict(objective="clear_glass", lr=1e-4, max_steps=20, train_last_n_layers=2),
     "re+cg_top2_lr1e-4_s30": dict(objective="re+clear_glass", lr=1e-4, max_steps=30, train_last_n_layers=2,
                                   cg_groups=4, cg_members=4),

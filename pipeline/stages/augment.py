@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..config import PipelineConfig
 from ..parsing import ParseConfig, parse_chain
 from ..prompts import load_prompt, render_augment
-from ..stage import Stage, StageContext, StageError
+from ..stage import Stage, StageContext, log
 from ..text import norm_key
 from .common import (caption_rows, chain_id, make_generator, make_scorer, model_key, prompt_key, reject,
                      rng_for, run_units, sample_rows)
@@ -45,8 +45,11 @@ class Augment(Stage):
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.augment
         demos = ctx.upstream("nli_filter").read(columns=["caption_id", "positive"]).to_pylist()
-        if not demos:
-            raise StageError("augment: nli_filter accepted no seed chains, so there are no demonstrations")
+        if not demos:  # nothing to demonstrate: record why and let distill go on with what it has
+            ctx.stats["skipped"] = "nli_filter accepted no seed chains, so there are no demonstrations"
+            log.warning("augment: %s", ctx.stats["skipped"])
+            run_units(ctx, [], cfg.unit_rows, None)
+            return
         seeded = {d["caption_id"] for d in ctx.store.stage("seed").read(columns=["caption_id"]).to_pylist()} | \
                  {r["key"] for r in ctx.store.stage("seed").read_rejects().to_pylist()}
         pool = [r for r in caption_rows(ctx, cfg.splits) if r["caption_id"] not in seeded]

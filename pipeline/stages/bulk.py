@@ -55,7 +55,7 @@ class Bulk(Stage):
         todo = [r for r in chunk if not r["positive"]]
         raws = self.h.generalize([r["text"] for r in todo])
         made, rejects = [], []
-        h_id = str(self.h.model_path)
+        h_id = f"H(distill {ctx.upstream('distill').manifest()['key'][:12]})"   # run-independent provenance
         for r, raw in zip(todo, raws):
             tiers = split_chain(raw)
             why = f"H wrote {len(tiers)} tiers, expected 3" if len(tiers) != 3 else \

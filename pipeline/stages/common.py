@@ -72,6 +72,8 @@ def run_units(ctx: StageContext, rows: list, size: int,
     """Process rows in fixed units, skipping units already committed (resume)."""
     done = ctx.done_units()
     total = len(rows)
+    if not rows and 0 not in done:  # an empty result is still a result downstream stages can read
+        ctx.commit(0, CHAINS.empty_table(), REJECTS.empty_table(), rows_in=0)
     for index, chunk in units(rows, size):
         if index in done:
             continue
