@@ -40,8 +40,8 @@ def write_dataset_card(ctx, train: list[dict], test: list[dict]) -> str:
         "task_categories: [text-retrieval, zero-shot-image-classification]",
         "tags: [hierarchy, captions, hierarcaps]",
         "configs:", "  - config_name: default", "    data_files:",
-        f"      - {{split: train, path: {name}_train.csv}}" if train else "",
-        f"      - {{split: test, path: {name}_test.csv}}" if test else "",
+        *([f"      - {{split: train, path: {name}_train.csv}}"] if train else []),
+        *([f"      - {{split: test, path: {name}_test.csv}}"] if test else []),
         "---", f"# {name}", "",
         "Caption hierarchies in the HierarCaps format (Alper & Averbuch-Elor, ECCV 2024): each item",
         "is a 4-tier chain, general to specific, joined by ` => `; train items also carry a negative",
@@ -54,7 +54,7 @@ def write_dataset_card(ctx, train: list[dict], test: list[dict]) -> str:
         "", "## Top tier-1 concepts", "", ", ".join(f"{w} ({n})" for w, n in top_concepts(train + test)), "",
         "## Pipeline config", "", "```json", json.dumps(cfg.model_dump(mode="json"), indent=2), "```", "",
     ]
-    text = "\n".join(x for x in lines if x != "" or True)
+    text = "\n".join(lines)
     (ctx.out.path / "README.md").write_text(text, encoding="utf-8")
     return text
 

@@ -14,8 +14,7 @@ import platform
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import Callable, ClassVar
 
 import pyarrow as pa
 
@@ -257,13 +256,3 @@ def run_stage(stage: Stage, config: PipelineConfig, store: RunStore, force: bool
     sd.write_manifest(manifest)
     return {**manifest, "cache_hit": False}
 
-
-def chunked(items: Iterable, size: int) -> Iterator[list]:
-    batch = []
-    for x in items:
-        batch.append(x)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

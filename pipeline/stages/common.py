@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Callable, Iterator
 
-import pyarrow as pa
 
 from ..config import PipelineConfig
 from ..hashing import digest, file_digest
@@ -99,10 +98,6 @@ def caption_rows(ctx: StageContext, splits: list[str]) -> list[dict]:
     """Captions of the given splits that do not already carry a chain."""
     t = ctx.upstream("ingest").read()
     return [r for r in t.to_pylist() if r["split"] in splits and not r["positive"]]
-
-
-def chain_table_rows(table: pa.Table) -> list[dict]:
-    return table.to_pylist()
 
 
 def completer_config(config: PipelineConfig, model: str, **gen):
