@@ -14,6 +14,7 @@ from ..config import PipelineConfig
 from ..stage import Stage, StageContext
 from ..text import norm_key
 from .common import make_scorer, model_key, run_units, trained_completer
+from .export import full_negative
 
 
 class Negatives(Stage):
@@ -45,26 +46,30 @@ class Negatives(Stage):
 
     def _unit(self, ctx: StageContext, index: int, chunk: list[dict]) -> list[dict]:
         cfg = ctx.config.negatives
-        todo = [r for r in chunk if not (r.get("negative") and len(r["negative"]) == N_TIERS and all(r["negative"]))]
+        todo = [r for r in chunk if not full_negative(r)]
         negs = {id(r): [None] * N_TIERS for r in todo}
         scores = {id(r): [] for r in todo}
         why = {id(r): [] for r in todo}
         for k in range(1, N_TIERS + 1):
             prev = ["" if k == 1 else r["positive"][k - 2] for r in todo]
             cands = self.h.specify(prev, n=cfg.tries, sample=True, seed=ctx.seed * 7919 + index * 31 + k)
+            per = 1 if k == 1 else 2                          # tier 1 has nothing above it to entail
             prem, hyp = [], []
             for r, cs in zip(todo, cands):
                 for c in cs:
-                    prem += [c, r["positive"][k - 1]]          # c => p[k-1] ; p[k] => not c
-                    hyp += [r["positive"][k - 2] if k > 1 else c, c]
+                    prem.append(r["positive"][k - 1])          # p[k] => not c
+                    hyp.append(c)
+                    if k > 1:
+                        prem.append(c)                         # c => p[k-1]
+                        hyp.append(r["positive"][k - 2])
             probs = np.asarray(self.scorer.score(prem, hyp)) if prem else np.zeros((0, 3))
             j = 0
             for r, cs in zip(todo, cands):
                 chosen = None
                 for t, c in enumerate(cs):
-                    ent = 1.0 if k == 1 else float(probs[j, 0])
-                    con = float(probs[j + 1, 2])
-                    j += 2
+                    con = float(probs[j, 2])
+                    ent = 1.0 if k == 1 else float(probs[j + 1, 0])
+                    j += per
                     ok = c.strip() and "=>" not in c and norm_key(c) != norm_key(r["positive"][k - 1]) and \
                         ent >= cfg.entail_threshold and con >= cfg.contradict_threshold
                     if chosen is None and ok:
