@@ -61,18 +61,11 @@ def load_captions(path: Path, n: int, seed: int) -> list[str]:
 
 def build_model(path: Path, shape: str, texts: list[str], out_tokens: int):
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.decoder = decoders.Metaspace()
-    tk.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=16000, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
-                                  unk_token="<unk>")
+    from pipeline.models.tokenizers import T5_SPECIALS, t5_tokenizer, train_bpe
+
+    tok = t5_tokenizer(train_bpe(texts, 16000, T5_SPECIALS, pre="metaspace", unk_token="<unk>"))
     torch.manual_seed(0)
     # vocab of the real T5 (the lm_head cost matters); rows beyond the tokenizer stay unused
     cfg = T5Config(**SHAPES[shape], vocab_size=32128, pad_token_id=0, eos_token_id=1,

@@ -53,22 +53,11 @@ def load_pairs(n: int, seed: int = 0) -> tuple[list[str], list[str], str]:
 
 def build_model(path: Path, texts: list[str]) -> str:
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tk.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=specials))
-    tk.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))],
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=512,
-    )
+    from pipeline.models.tokenizers import bert_tokenizer, train_wordpiece
+
+    tok = bert_tokenizer(train_wordpiece(texts, vocab_size=8000))
     torch.manual_seed(0)
     id2label = {0: "contradiction", 1: "neutral", 2: "entailment"}  # roberta-large-mnli order
     cfg = BertConfig(

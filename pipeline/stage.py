@@ -86,6 +86,7 @@ class Stage:
     isolated: ClassVar[bool] = False      # run in its own process (model stages)
     kind: ClassVar[str] = "data"          # data | model | train
     description: ClassVar[str] = ""
+    engines: ClassVar[tuple[str, ...]] = ()   # attributes holding engines that setup opened
 
     def key_material(self, config: PipelineConfig) -> dict:
         """Extra inputs of the cache key: prompt file hashes, model ids and revisions, input files."""
@@ -102,7 +103,11 @@ class Stage:
         raise NotImplementedError
 
     def teardown(self, ctx: StageContext) -> None:
-        pass
+        """Close every engine named in `engines` that setup got to open (GPU memory, worker processes)."""
+        for name in self.engines:
+            engine = getattr(self, name, None)
+            if engine is not None:
+                engine.close()
 
 
 def stage_key(stage: Stage, config: PipelineConfig, store: RunStore) -> str:

@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from pipeline.models.tokenizers import T5_SPECIALS, t5_tokenizer, train_bpe  # noqa: E402
 from pipeline.backends.completer import (  # noqa: E402
     Completer,
     CompleterConfig,
@@ -51,18 +52,9 @@ def synthetic_chains() -> list[list[str]]:
 
 def build_tiny_t5(path: Path, texts: list[str]) -> Path:
     """Random tiny T5 + a BPE tokenizer trained on ``texts``, saved with save_pretrained."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.decoder = decoders.Metaspace()
-    tk.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], show_progress=False))
-    tk.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="</s>",
-                                  unk_token="<unk>")
+    tok = t5_tokenizer(train_bpe(texts, 300, T5_SPECIALS, pre="metaspace", unk_token="<unk>"))
     assert tok.pad_token_id == 0 and tok.eos_token_id == 1
     torch.manual_seed(0)
     cfg = T5Config(d_model=64, d_ff=128, d_kv=32, num_layers=2, num_heads=2,

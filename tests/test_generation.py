@@ -16,6 +16,7 @@ from pipeline.backends.common import (  # noqa: E402
     restore_order,
     run_in_subprocess,
 )
+from pipeline.models.tokenizers import train_bpe  # noqa: E402
 from pipeline.backends.generation import (  # noqa: E402
     GeneratorConfig,
     GenRequest,
@@ -51,20 +52,12 @@ CORPUS = [
 
 
 def build_tiny_causal_lm(path, chat_template=CHAT_TEMPLATE):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.BPE(unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|system|>", "<|assistant|>"]
-    tk.train_from_iterator(
-        CORPUS * 5,
-        trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
-    )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        tokenizer_object=train_bpe(CORPUS * 5, 300, specials, unk_token="<unk>"),
+        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
     )
     if chat_template:
         tok.chat_template = chat_template

@@ -27,7 +27,9 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
+
+from .tokenizers import BERT_SPECIALS, T5_SPECIALS, bert_tokenizer, t5_tokenizer, train_bpe
 
 BUILDER_VERSION = "tiny-v1"
 
@@ -83,23 +85,6 @@ def _prompt_texts(pdir: Path) -> list[str]:
     for p in sorted(pdir.glob("*.yaml")):
         texts.append(p.read_text(encoding="utf-8"))
     return texts
-
-
-def _train_bpe(texts: Sequence[str], vocab_size: int, special_tokens: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    return tok
 
 
 def _chain_texts(exemplars) -> list[str]:
@@ -186,7 +171,6 @@ def llama_training_examples(exemplars, n_examples: int | None = None, k_demos: i
 
 def build_tiny_llama(out_dir: str | Path, exemplars_path=None, prompts_dir=None, seed: int = DEFAULT_SEED,
                      steps: int = 180, max_len: int = 160) -> Path:
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -196,7 +180,7 @@ def build_tiny_llama(out_dir: str | Path, exemplars_path=None, prompts_dir=None,
         pairs = llama_training_examples(exemplars)
         specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
         texts = _chain_texts(exemplars) + _prompt_texts(pdir) + [m[0]["content"] for m, _ in pairs[:5]]
-        raw_tok = _train_bpe(texts, vocab_size=1536, special_tokens=specials)
+        raw_tok = train_bpe(texts, 1536, specials, min_frequency=2)
         tok = PreTrainedTokenizerFast(
             tokenizer_object=raw_tok, bos_token="<s>", eos_token="<|im_end|>", unk_token="<unk>",
             pad_token="<pad>", additional_special_tokens=["<|im_start|>", "</s>"],
@@ -266,8 +250,7 @@ def t5_training_pairs(exemplars) -> list[tuple[str, str]]:
 
 def build_tiny_t5(out_dir: str | Path, exemplars_path=None, prompts_dir=None, seed: int = DEFAULT_SEED,
                   steps: int = 220) -> Path:
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    from transformers import T5Config, T5ForConditionalGeneration
 
     out_dir = Path(out_dir)
     t0 = time.time()
@@ -275,11 +258,7 @@ def build_tiny_t5(out_dir: str | Path, exemplars_path=None, prompts_dir=None, se
     with _deterministic(seed):
         pairs = t5_training_pairs(exemplars)
         texts = _chain_texts(exemplars) + _prompt_texts(pdir) + [a for a, _ in pairs[:10]]
-        raw_tok = _train_bpe(texts, vocab_size=1280, special_tokens=["<pad>", "</s>", "<unk>"])
-        raw_tok.post_processor = TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", raw_tok.token_to_id("</s>"))])
-        tok = PreTrainedTokenizerFast(tokenizer_object=raw_tok, pad_token="<pad>", eos_token="</s>",
-                                      unk_token="<unk>", model_max_length=512)
+        tok = t5_tokenizer(train_bpe(texts, 1280, T5_SPECIALS, min_frequency=2))
         src = [tok(a)["input_ids"] for a, _ in pairs]
         tgt = [tok(b)["input_ids"] for _, b in pairs]
         cfg = T5Config(
@@ -346,24 +325,15 @@ def nli_training_pairs(exemplars, seed: int = DEFAULT_SEED) -> list[tuple[str, s
 def build_tiny_nli(out_dir: str | Path, exemplars_path=None, prompts_dir=None, seed: int = DEFAULT_SEED,
                    steps: int = 200) -> Path:
     import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     out_dir = Path(out_dir)
     t0 = time.time()
     ex_path, pdir, exemplars = _inputs(exemplars_path, prompts_dir)
     with _deterministic(seed):
         pairs = nli_training_pairs(exemplars, seed)
-        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        raw_tok = _train_bpe(_chain_texts(exemplars), vocab_size=1024, special_tokens=specials)
-        cls_id, sep_id = raw_tok.token_to_id("[CLS]"), raw_tok.token_to_id("[SEP]")
-        raw_tok.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1",
-            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-        tok = PreTrainedTokenizerFast(tokenizer_object=raw_tok, pad_token="[PAD]", unk_token="[UNK]",
-                                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                      model_max_length=256,
-                                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+        tok = bert_tokenizer(train_bpe(_chain_texts(exemplars), 1024, BERT_SPECIALS, min_frequency=2),
+                             model_max_length=256)
         enc = [tok(a, b, truncation=True, max_length=96) for a, b, _ in pairs]
         labels = [lab for _, _, lab in pairs]
         cfg = BertConfig(

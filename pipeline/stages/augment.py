@@ -24,6 +24,7 @@ class Augment(Stage):
     inputs = ("nli_filter",)
     config_sections = ("augment", "nli_filter", "seed", "run")
     isolated = True
+    engines = ("gen", "scorer")
     kind = "model"
     description = "in-context augmentation from accepted seeds"
 
@@ -36,11 +37,6 @@ class Augment(Stage):
         self.scorer = make_scorer(ctx.config)
         self.prompt = load_prompt(ctx.config.augment.prompt)
         self.parse_cfg = ParseConfig(max_words=tuple(ctx.config.seed.max_words))
-
-    def teardown(self, ctx: StageContext) -> None:
-        for obj in (getattr(self, "gen", None), getattr(self, "scorer", None)):
-            if obj is not None:
-                obj.close()
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.augment

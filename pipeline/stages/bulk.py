@@ -21,6 +21,7 @@ class Bulk(Stage):
     inputs = ("distill", "ingest")
     config_sections = ("bulk", "nli_filter", "seed", "run")
     isolated = True
+    engines = ("scorer",)
     kind = "model"
     description = "H over all captions, NLI-filtered"
 
@@ -33,10 +34,6 @@ class Bulk(Stage):
                                    max_new_tokens=b.max_new_tokens)
         self.scorer = make_scorer(ctx.config)
         self.parse_cfg = ParseConfig(max_words=tuple(ctx.config.seed.max_words))
-
-    def teardown(self, ctx: StageContext) -> None:
-        if getattr(self, "scorer", None) is not None:
-            self.scorer.close()
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.bulk

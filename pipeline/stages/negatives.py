@@ -23,6 +23,7 @@ class Negatives(Stage):
     inputs = ("bulk", "distill")
     config_sections = ("negatives", "run")
     isolated = True
+    engines = ("scorer",)
     kind = "model"
     description = "negative chains by H + NLI"
 
@@ -34,10 +35,6 @@ class Negatives(Stage):
         self.h = trained_completer(ctx, batch_size=n.batch_size, do_sample=True, temperature=n.temperature,
                                    top_p=n.top_p, max_new_tokens=ctx.config.bulk.max_new_tokens)
         self.scorer = make_scorer(ctx.config)
-
-    def teardown(self, ctx: StageContext) -> None:
-        if getattr(self, "scorer", None) is not None:
-            self.scorer.close()
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.negatives

@@ -37,6 +37,7 @@ class NliFilter(Stage):
     inputs = ("seed",)
     config_sections = ("nli_filter",)
     isolated = True
+    engines = ("scorer",)
     kind = "model"
     description = "NLI entailment filter over seed chains"
 
@@ -45,10 +46,6 @@ class NliFilter(Stage):
 
     def setup(self, ctx: StageContext) -> None:
         self.scorer = make_scorer(ctx.config)
-
-    def teardown(self, ctx: StageContext) -> None:
-        if getattr(self, "scorer", None) is not None:
-            self.scorer.close()
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.nli_filter

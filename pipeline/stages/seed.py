@@ -25,6 +25,7 @@ class Seed(Stage):
     inputs = ("ingest",)
     config_sections = ("seed", "run")
     isolated = True
+    engines = ("gen",)
     kind = "model"
     description = "LLM prompting for seed chains"
 
@@ -39,10 +40,6 @@ class Seed(Stage):
         self.exemplars = load_exemplars()
         self.prompt = load_prompt(cfg.prompt_tier if cfg.strategy == "tier" else cfg.prompt_chain)
         self.parse_cfg = ParseConfig(max_words=tuple(cfg.max_words))
-
-    def teardown(self, ctx: StageContext) -> None:
-        if getattr(self, "gen", None) is not None:
-            self.gen.close()
 
     def process(self, ctx: StageContext) -> None:
         cfg = ctx.config.seed
