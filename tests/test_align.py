@@ -68,6 +68,11 @@ def test_pullback_and_cone_and_clear_glass():
     E = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     assert losses.pullback_loss(E, E).item() == pytest.approx(0.0, abs=1e-6)
     assert losses.pullback_loss(E, -E).item() == pytest.approx(1.0, abs=1e-6)
+    # weighted mean: only the weighted rows count; uniform weights are the official mean
+    E2 = torch.cat([E[:2], -E[2:]])
+    w = torch.tensor([1.0, 1.0] + [0.0] * (len(E) - 2))
+    assert losses.pullback_loss(E2, E, w).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.pullback_loss(E2, E, torch.ones(len(E))).item() == pytest.approx(losses.pullback_loss(E2, E).item())
     root, pos, neg = _radial_chain()
     assert losses.cone_loss(pos, neg, root)["eloss"] < losses.cone_loss(pos[:, [3, 2, 1, 0]], neg, root)["eloss"]
     # tight, separated groups score lower than mixed ones

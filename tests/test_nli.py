@@ -105,6 +105,19 @@ def test_same_weights_any_label_order_same_semantics(models_dir):
     np.testing.assert_allclose(a, b[:, ::-1], atol=1e-5)
 
 
+def test_repeated_pairs_scored_once(models_dir):
+    scorer = NliScorer(NliConfig(model=models_dir["roberta"], batch_size=4, device="cpu"))
+    rows_seen = []
+    hook = scorer.model.register_forward_hook(lambda m, args, kw, out: rows_seen.append(len(out.logits)),
+                                              with_kwargs=True)
+    order = [3, 0, 3, 7, 0, 3, 11]
+    prem, hyp = [PREMISES[i] for i in order], [HYPOTHESES[i] for i in order]
+    got = scorer.score(prem, hyp)
+    hook.remove()
+    assert sum(rows_seen) == 4                      # 4 distinct pairs went through the model
+    np.testing.assert_allclose(got, scorer.score(PREMISES, HYPOTHESES)[order], atol=1e-5)
+
+
 @pytest.mark.parametrize("policy,col", [("neutral", 1), ("contradiction", 2)])
 def test_two_label_model(models_dir, policy, col):
     scorer = NliScorer(NliConfig(model=models_dir["two"], device="cpu", two_label_policy=policy))

@@ -22,6 +22,9 @@ class AlignConfig(BaseModel):
     lambda_p: float = Field(10.0, description="pull-back weight (paper)")
     lambda_e: float = Field(1.0, description="RE (or cone) weight (paper)")
     lambda_m: float = Field(1.0, description="hard-mining weight (paper)")
+    pullback_tier_weights: tuple[float, float, float, float] | None = Field(
+        None, description="per-tier weights of the pull-back mean, general -> specific (None: uniform, as the "
+                          "paper); lets short general tiers move while captions keep what they knew")
 
     # entailment-cone ablation (Ganea et al. 2018 / MERU half-aperture)
     cone_K: float = 0.1

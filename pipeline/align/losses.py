@@ -27,9 +27,12 @@ def exterior_angle(root: torch.Tensor, e: torch.Tensor, e2: torch.Tensor) -> tor
     return cos.clip(min=-1.0, max=1.0).acos()
 
 
-def pullback_loss(E: torch.Tensor, E_orig: torch.Tensor) -> torch.Tensor:
-    """(1 - mean cosine to the frozen original embeddings) / 2; both inputs normalised."""
-    return (1 - (E * E_orig).sum(-1).mean()) / 2
+def pullback_loss(E: torch.Tensor, E_orig: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - mean cosine to the frozen original embeddings) / 2; both inputs normalised. `weights`
+    (one per text) make it a weighted mean; None is the official uniform mean."""
+    cos = (E * E_orig).sum(-1)
+    mean = cos.mean() if weights is None else (cos * weights.to(cos)).sum() / weights.sum().to(cos)
+    return (1 - mean) / 2
 
 
 def re_angles(pos: torch.Tensor, neg: torch.Tensor, root: torch.Tensor):

@@ -56,6 +56,15 @@ class GroupSampler:
         return out
 
 
+def _pullback_weights(cfg: AlignConfig, n_chains: int, n_group_texts: int) -> torch.Tensor | None:
+    """Per-text weights in the batch layout (pos tiers 1-4, neg tiers 1-4, then group captions = tier 4)."""
+    w = cfg.pullback_tier_weights
+    if w is None:
+        return None
+    per_text = [w[k] for k in range(4) for _ in range(n_chains)] * 2 + [w[3]] * n_group_texts
+    return torch.tensor(per_text)
+
+
 def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Chain] | None,
                  groups: list[list[str]] | None) -> dict[str, torch.Tensor]:
     texts: list[str] = []
@@ -67,7 +76,7 @@ def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Ch
     E = enc.encode_text(texts)
     with torch.no_grad():
         E0 = frozen.encode_text(texts)
-    out = {"ploss": losses.pullback_loss(E, E0)}
+    out = {"ploss": losses.pullback_loss(E, E0, _pullback_weights(cfg, len(batch or ()), len(texts) - n_chain_texts))}
     total = cfg.lambda_p * out["ploss"]
     if batch is not None:
         root = enc.root()  # current weights, every step

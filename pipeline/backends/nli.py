@@ -240,11 +240,17 @@ class NliScorer:
         """Probabilities ``[N, 3]`` (entailment, neutral, contradiction) for each (premise, hypothesis)."""
         if len(premises) != len(hypotheses):
             raise ValueError(f"{len(premises)} premises vs {len(hypotheses)} hypotheses")
-        n = len(premises)
-        if n == 0:
+        if len(premises) == 0:
             return np.zeros((0, 3), dtype=np.float32)
+        # identical links recur across chains (shared tiers, transitive pairs): score each pair once
+        index: dict[tuple[str, str], int] = {}
+        rows = [index.setdefault(pair, len(index)) for pair in zip(premises, hypotheses)]
+        if len(index) < len(rows):
+            uniq = list(index)
+            return self.score([p for p, _ in uniq], [h for _, h in uniq])[rows]
         if self._ce is not None:
             return self._score_cross_encoder(premises, hypotheses)
+        n = len(premises)
         torch = self._torch
         enc = self._encode_all(premises, hypotheses)
         batches = length_buckets([len(x) for x in enc["input_ids"]], self.cfg.batch_size)
