@@ -27,3 +27,15 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
         "t5": resolve_model("tiny/t5", cache),
         "nli": resolve_model("tiny/nli", cache),
     }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on 2 shared cores the default intra-op threads thrash under
+    load (50x slower here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

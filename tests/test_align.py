@@ -178,3 +178,14 @@ def test_tiny_clip_step_on_gpu():
     enc.module.to("cuda")
     m = train_align(_synthetic_chains(8), enc, AlignConfig(lr=1e-3, max_steps=2), None)
     assert m["steps"] == 1  # 8 chains, batch 8: one step per epoch
+
+
+def test_example_align_config_validates():
+    # the tuned MiniLM settings users are pointed to must stay a valid config
+    from pathlib import Path
+
+    from pipeline.config import load_config
+
+    cfg = load_config("tiny", Path(__file__).resolve().parents[1] / "examples" / "align_minilm.yaml")
+    assert cfg.align.encoder_kind == "sentence-transformers"
+    assert cfg.align.pullback_tier_weights == (0.05, 0.25, 1.0, 1.0)

@@ -12,13 +12,7 @@ from pipeline.backends.nli import NLI_COLUMNS, NliConfig, NliScorer, resolve_lab
 from pipeline.models.tokenizers import bert_tokenizer, train_wordpiece  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared cores: torch's default intra-op threads thrash under load (50x slower here)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CORPUS = [
     "A man is sleeping on a couch.",
