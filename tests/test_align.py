@@ -189,3 +189,11 @@ def test_example_align_config_validates():
     cfg = load_config("tiny", Path(__file__).resolve().parents[1] / "examples" / "align_minilm.yaml")
     assert cfg.align.encoder_kind == "sentence-transformers"
     assert cfg.align.pullback_tier_weights == (0.05, 0.25, 1.0, 1.0)
+
+
+def test_pullback_tier_weights_follow_the_batch_layout():
+    from pipeline.align.train import _pullback_weights
+
+    assert _pullback_weights(AlignConfig(), 2, 0) is None  # official uniform mean
+    w = _pullback_weights(AlignConfig(pullback_tier_weights=(1, 2, 3, 4)), 2, 3).tolist()
+    assert w == [1, 1, 2, 2, 3, 3, 4, 4] * 2 + [4, 4, 4]  # pos tiers, neg tiers, group captions

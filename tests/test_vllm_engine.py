@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
