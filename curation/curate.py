@@ -16,21 +16,21 @@ from pipeline import N_TIERS
 from pipeline.io.writers import test_rows, write_csv
 from pipeline.schemas import CHAINS, REJECTS, conform
 from pipeline.stage import StageError
+from pipeline.stages.export import SOURCES, Export
 from pipeline.store import RunStore
 
 TIER_COLS = [f"tier{k}" for k in range(1, N_TIERS + 1)]
 HEADER = ["id", "chain_id", "image_url", *TIER_COLS, "keep", "note"]
-SOURCES = ("negatives", "bulk", "ingest")
 
 
 def _test_chains(store: RunStore, config) -> list[dict]:
-    for s in SOURCES:
-        sd = store.stage(s)
-        if sd.manifest() is not None:
-            rows = sd.read().to_pylist()
-            return [r for r in rows if r.get("split") in config.export.test_splits
-                    and r.get("positive") and len(r["positive"]) == N_TIERS]
-    raise StageError(f"run {store.run_id} has no finished chain table ({', '.join(SOURCES)})")
+    """Test-split chains of the table export reads (the furthest finished of negatives, bulk, ingest)."""
+    ups = Export().upstream_names(config, store)
+    if not ups:
+        raise StageError(f"run {store.run_id} has no finished chain table ({', '.join(SOURCES)})")
+    rows = store.stage(ups[0]).read().to_pylist()
+    return [r for r in rows if r.get("split") in config.export.test_splits
+            and r.get("positive") and len(r["positive"]) == N_TIERS]
 
 
 def export_for_curation(store: RunStore, config, out: str | Path) -> int:

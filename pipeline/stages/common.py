@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Callable, Iterator
 
-
 from ..config import PipelineConfig
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
