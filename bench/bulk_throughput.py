@@ -9,7 +9,7 @@ completer's overhead over raw on identical batches (target < 10%) and the bucket
 The model is a random T5 of a given shape built offline (no hub), with a BPE tokenizer trained on
 the captions; output length is pinned (min = max new tokens) so every run decodes the same number
 of tokens. Captions: tier 4 of ../shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz, read at
-run time (never copied here).
+run time (never copied here); examples/captions.tsv where that file is absent.
 
     python bench/bulk_throughput.py                       # CPU, t5-small shape
     python bench/bulk_throughput.py --device cuda --shape t5-base --batch 256 1024 --n 8192
@@ -41,22 +41,29 @@ SHAPES = {
 }
 
 
-def load_captions(path: Path, n: int, seed: int) -> list[str]:
-    if not path.is_file():
-        sys.exit(f"captions file not found: {path} (third-party data, see DEVELOPERS.md)")
+EXAMPLES = ROOT / "examples" / "captions.tsv"
+
+
+def load_captions(path: Path, n: int, seed: int) -> tuple[list[str], str]:
     caps = []
-    with gzip.open(path, "rt", newline="") as f:
-        for row in csv.DictReader(f):
-            parts = [p.strip() for p in (row.get("positive") or "").split("=>")]
-            if len(parts) == 4 and parts[3]:
-                caps.append(parts[3])
+    if path.is_file():
+        with gzip.open(path, "rt", newline="") as f:
+            for row in csv.DictReader(f):
+                parts = [p.strip() for p in (row.get("positive") or "").split("=>")]
+                if len(parts) == 4 and parts[3]:
+                    caps.append(parts[3])
+    else:  # e.g. on the device machine, which gets the repository only
+        print(f"{path} not found: using the captions of {EXAMPLES}")
+        path = EXAMPLES
+        caps = [line.split("\t")[0].strip() for line in EXAMPLES.read_text(encoding="utf-8").splitlines()]
+        caps = [c for c in caps if c]
     if not caps:
         sys.exit(f"{path}: no 4-tier 'positive' chains found")
     rng = random.Random(seed)
     rng.shuffle(caps)
     while len(caps) < n:
         caps = caps + caps
-    return caps[:n]
+    return caps[:n], str(path)
 
 
 def build_model(path: Path, shape: str, texts: list[str], out_tokens: int):
@@ -99,7 +106,7 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    caps = load_captions(args.data, args.n, args.seed)
+    caps, caps_source = load_captions(args.data, args.n, args.seed)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     rows = []
@@ -157,7 +164,7 @@ def main(argv=None) -> int:
                         / sum(len(b) * max(len(enc[i]) for i in b) for b in v)
                         for k, v in batch_sets.items()}
             row = {
-                "device": args.device, "shape": args.shape, "batch": bs, "n": len(caps),
+                "device": args.device, "shape": args.shape, "batch": bs, "n": len(caps), "captions": caps_source,
                 "in_tokens_mean": round(in_tokens, 1), "out_tokens": args.out_tokens,
                 **{f"{k}_items_s": round(len(caps) / v, 2) for k, v in t.items()},
                 "overhead_bucketed": round(t["completer_bucketed"] / t["raw_bucketed"] - 1, 4),
@@ -167,9 +174,8 @@ def main(argv=None) -> int:
                 "pad_fraction_unsorted": round(pad_frac["unsorted"], 3),
             }
             rows.append(row)
-            del comp, model
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+            model = None
+            comp.close()  # frees the GPU memory before the next batch size
 
     hdr = ["batch", "raw_b it/s", "comp_b it/s", "raw_u it/s", "comp_u it/s", "overhead_b",
            "overhead_u", "bucket x", "pad_b", "pad_u"]

@@ -1,16 +1,19 @@
 """NLI scoring throughput: NliScorer vs a naive per-pair ``pipeline("text-classification")`` loop vs
 the raw batched forward pass (same model, same pairs, same batch size), reported as ratios.
 
-The model is a random BERT-small-shaped classifier (4 layers, hidden 256) with a WordPiece
-tokenizer trained locally; pairs are (specific tier => general tier) links read at run time from
-../shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz (synthetic pairs when absent).
+The model is a random BERT-shaped classifier (``--shape``: small = 4 layers, hidden 256; base =
+12 x 768, the size of the common base NLI cross-encoders; large = 24 x 1024, roberta-large-mnli's
+size) with a WordPiece tokenizer trained locally; pairs are (specific tier => general tier) links
+read at run time from ../shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz (synthetic pairs
+when absent, as on the device machine, which gets the repository only).
 
     python bench/nli_throughput.py [--pairs 2048] [--workload sample|chains] [--batch-size 64]
-                                   [--threads 1] [--device auto]
+                                   [--shape small|base|large] [--threads 1] [--device auto]
 
 `sample` draws links at random from the whole file (2% repeats at 2048); `chains` takes every link
 of the first chains in file order, as nli_filter sees them (the scorer scores a repeated link once,
-the baselines do not). Writes bench/results/nli_throughput[_chains].json and prints a table.
+the baselines do not). Writes bench/results/nli_throughput[_chains][_<shape>][_<device>].json
+(no suffix: sample, small, CPU) and prints a table.
 Timing-only: never a test.
 """
 
@@ -60,7 +63,14 @@ def load_pairs(n: int, workload: str = "sample", seed: int = 0) -> tuple[list[st
     return [p for p, _ in pairs], [h for _, h in pairs], source
 
 
-def build_model(path: Path, texts: list[str]) -> str:
+SHAPES = {  # BERT sizes: layers, hidden, heads (ffn = 4 x hidden)
+    "small": (4, 256, 4),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+
+
+def build_model(path: Path, texts: list[str], shape: str = "small") -> str:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -69,9 +79,10 @@ def build_model(path: Path, texts: list[str]) -> str:
     tok = bert_tokenizer(train_wordpiece(texts, vocab_size=8000))
     torch.manual_seed(0)
     id2label = {0: "contradiction", 1: "neutral", 2: "entailment"}  # roberta-large-mnli order
+    layers, hidden, heads = SHAPES[shape]
     cfg = BertConfig(
-        vocab_size=len(tok), hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-        intermediate_size=1024, max_position_embeddings=512, num_labels=3,
+        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+        intermediate_size=4 * hidden, max_position_embeddings=512, num_labels=3,
         id2label=id2label, label2id={v: k for k, v in id2label.items()},
     )
     BertForSequenceClassification(cfg).save_pretrained(path)
@@ -95,14 +106,13 @@ def main() -> None:
     ap.add_argument("--workload", choices=("sample", "chains"), default="sample")
     ap.add_argument("--naive-pairs", type=int, default=256, help="subset timed for the slow per-pair loop")
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None, help="default: bench/results/nli_throughput[_chains].json")
     args = ap.parse_args()
-    args.out = args.out or str(ROOT / "bench" / "results" /
-                               f"nli_throughput{'' if args.workload == 'sample' else '_' + args.workload}.json")
 
     import numpy as np
     import torch
@@ -117,9 +127,13 @@ def main() -> None:
     premises, hypotheses, source = load_pairs(args.pairs, args.workload)
     n = len(premises)
     tmp = Path(tempfile.mkdtemp(prefix="nli_bench_"))
-    model_path = build_model(tmp / "model", premises + hypotheses)
+    model_path = build_model(tmp / "model", premises + hypotheses, args.shape)
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device, half="float16")
+    suffix = "".join(f"_{x}" for x in (args.workload != "sample" and args.workload,
+                                       args.shape != "small" and args.shape,
+                                       device.type != "cpu" and device.type) if x)
+    args.out = args.out or str(ROOT / "bench" / "results" / f"nli_throughput{suffix}.json")
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
 
     # -- NliScorer ------------------------------------------------------------------------------
@@ -204,7 +218,9 @@ def main() -> None:
         "workload": args.workload,
         "distinct_pairs": len(set(zip(premises, hypotheses))),
         "tokens_per_pair": {"mean": statistics.mean(lens), "max": max(lens), "min": min(lens)},
-        "model": "random BertForSequenceClassification, 4 layers, hidden 256, 4 heads, ffn 1024, vocab 8000",
+        "model": "random BertForSequenceClassification, {} layers, hidden {}, {} heads, ffn 4 x hidden, "
+                 "vocab 8000".format(*SHAPES[args.shape]),
+        "shape": args.shape,
         "batch_size": args.batch_size,
         "max_length": args.max_length,
         "device": str(device),

@@ -19,6 +19,7 @@ from typing import Callable, ClassVar
 import pyarrow as pa
 
 from . import __version__
+from .backends.common import engine_info
 from .config import PipelineConfig
 from .hashing import digest
 from .schemas import SCHEMA_VERSION
@@ -156,6 +157,9 @@ def _execute(stage: Stage, ctx: StageContext) -> None:
     ctx.out.clean_orphans()
     stage.setup(ctx)
     try:
+        if stage.engines:  # provenance: where each engine ran (device, dtype)
+            engines = {n: getattr(stage, n, None) for n in stage.engines}
+            ctx.stats["engines"] = {n: engine_info(e) for n, e in engines.items() if e is not None}
         stage.process(ctx)
     finally:
         stage.teardown(ctx)

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from _shared import REPO
-
 BIN = Path(sys.executable).parent
 
 

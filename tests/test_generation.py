@@ -227,3 +227,19 @@ def test_subprocess_generator_matches_inprocess(tiny_lm, gen, monkeypatch):
         sub.generate(reqs, GREEDY)
     with pytest.raises(SubprocessError, match="required"):
         SubprocessGenerator("transformers", GeneratorConfig(device="cpu"))
+
+
+def test_stage_engine_gets_the_prompt_stop_strings(tiny_models):
+    # a prompt template's `stop` ends generation where its answer format ends (vLLM and
+    # transformers alike), on top of any stop strings the config adds
+    from pipeline.config import load_config
+    from pipeline.prompts import load_prompt
+    from pipeline.stages.common import make_generator as stage_generator
+
+    cfg = load_config("tiny", overrides=['seed.sampling.stop=["###", "\\n"]'])
+    gen = stage_generator(cfg, cfg.seed.sampling, load_prompt("seed_tier").stop)
+    try:
+        assert gen.cfg.sampling.stop == ["###", "\n"]
+        assert gen.generate_kwargs(gen.cfg.sampling)["stop_strings"] == ["###", "\n"]
+    finally:
+        gen.close()

@@ -24,6 +24,10 @@ def test_sigkill_mid_bulk_resumes_to_same_output(tmp_path):
     run_stages(cfg, ref, ["ingest", "seed", "nli_filter", "augment", "distill"])
     shutil.copytree(ref.path, RunStore(cfg.run.root, "killed").path)
     run_stages(cfg, ref, ["bulk"])
+    # manifests say where each engine ran (the tiny preset pins the LLM and NLI model to the CPU)
+    assert ref.stage("seed").manifest()["stats"]["engines"] == {
+        "gen": {"class": "TransformersGenerator", "device": "cpu", "dtype": "float32"}}
+    assert set(ref.stage("bulk").manifest()["stats"]["engines"]) == {"h", "scorer"}
     cmd = [sys.executable, "-m", "pipeline.cli", "stage", "bulk", "--preset", "tiny", "--no-prefect",
            "--root", str(tmp_path), "--run", "killed"] + [a for o in over for a in ("--set", o)]
     sd = RunStore(cfg.run.root, "killed").stage("bulk")

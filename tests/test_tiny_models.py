@@ -18,22 +18,11 @@ from pipeline.models import (
 )
 from pipeline.parsing import parse_chain
 
+from _shared import UNSEEN
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-
-UNSEEN = [
-    "a man riding a horse along the beach at sunset",
-    "a plate of sushi with chopsticks on a black tray",
-    "children playing soccer in a dusty schoolyard",
-    "a small wooden cabin in the snowy mountains",
-    "a woman jogging with her dog in the park",
-    "a red tractor parked next to a barn",
-    "a golden retriever catching a frisbee in the air",
-    "a young woman reading a book in a hammock",
-    "a steam locomotive crossing a stone bridge",
-    "a bowl of cereal with milk and blueberries",
-]
 
 
 def test_other_ids_pass_through(tmp_path):

@@ -47,6 +47,16 @@ def resolve_dtype(dtype: str = "auto", device=None, *, half: str = "bfloat16"):
     return torch.float32
 
 
+def engine_info(engine) -> dict[str, str]:
+    """Where an engine runs, for a stage's manifest: class, device and dtype (when it knows them)."""
+    info = {"class": type(engine).__name__}
+    for attr in ("device", "dtype"):
+        value = getattr(engine, attr, None)
+        if value is not None:
+            info[attr] = str(value).removeprefix("torch.")
+    return info
+
+
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first, stable for ties).
 

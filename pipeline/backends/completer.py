@@ -545,6 +545,7 @@ def train_completer(
         "base_model": cfg.model,
         "lora": cfg.lora,
         "bf16": bf16,
+        "device": str(device),
         "seed": cfg.seed,
         "fingerprint": fp,
         "seconds_this_run": time.time() - t0,
@@ -648,6 +649,14 @@ class Completer:
                 if progress is not None:
                     progress(done, len(inputs))
         return restore_order(batches, results)
+
+    def close(self) -> None:
+        """Drop the model (stages close their engines so GPU memory goes back at once)."""
+        import torch
+
+        self.model = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     # -- the two directions -----------------------------------------------------------------
     def generalize(self, captions: Sequence[str], *, progress: Progress | None = None,

@@ -20,7 +20,7 @@ from .seed import request_seed
 
 class Augment(Stage):
     name = "augment"
-    version = "1"
+    version = "2"  # 2: the prompt's stop strings reach the engine
     inputs = ("nli_filter",)
     config_sections = ("augment", "nli_filter", "seed", "run")
     isolated = True
@@ -33,9 +33,9 @@ class Augment(Stage):
                 "engine": config.models.generator.engine}
 
     def setup(self, ctx: StageContext) -> None:
-        self.gen = make_generator(ctx.config, ctx.config.augment.sampling)
-        self.scorer = make_scorer(ctx.config)
         self.prompt = load_prompt(ctx.config.augment.prompt)
+        self.gen = make_generator(ctx.config, ctx.config.augment.sampling, self.prompt.stop)
+        self.scorer = make_scorer(ctx.config)
         self.parse_cfg = ParseConfig(max_words=tuple(ctx.config.seed.max_words))
 
     def process(self, ctx: StageContext) -> None:

@@ -21,7 +21,7 @@ class Bulk(Stage):
     inputs = ("distill", "ingest")
     config_sections = ("bulk", "nli_filter", "seed", "run")
     isolated = True
-    engines = ("scorer",)
+    engines = ("h", "scorer")
     kind = "model"
     description = "H over all captions, NLI-filtered"
 

@@ -30,7 +30,9 @@ def prompt_key(*prompt_ids: str) -> dict:
     return {"prompts": {pid: load_prompt(pid).hash for pid in prompt_ids}, "exemplars": files}
 
 
-def make_generator(config: PipelineConfig, sampling) -> "object":
+def make_generator(config: PipelineConfig, sampling, stop: tuple[str, ...] = ()) -> "object":
+    """The configured engine; ``stop`` (the prompt template's stop strings) adds to the config's:
+    generation ends where the prompt's answer format ends instead of running to max_tokens."""
     from ..backends.generation import GeneratorConfig, SamplingConfig, make_generator as _make
 
     g = config.models.generator
@@ -41,7 +43,8 @@ def make_generator(config: PipelineConfig, sampling) -> "object":
                           compile=g.compile,
                           sampling=SamplingConfig(n=sampling.n, temperature=sampling.temperature,
                                                   top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                                                  stop=sampling.stop, seed=config.run.seed))
+                                                  stop=list(dict.fromkeys([*sampling.stop, *stop])),
+                                                  seed=config.run.seed))
     return _make(g.engine, path, cfg)
 
 

@@ -23,7 +23,7 @@ class Negatives(Stage):
     inputs = ("bulk", "distill")
     config_sections = ("negatives", "run")
     isolated = True
-    engines = ("scorer",)
+    engines = ("h", "scorer")
     kind = "model"
     description = "negative chains by H + NLI"
 

@@ -21,7 +21,7 @@ def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
 
 class Seed(Stage):
     name = "seed"
-    version = "1"
+    version = "2"  # 2: the prompt's stop strings reach the engine
     inputs = ("ingest",)
     config_sections = ("seed", "run")
     isolated = True
@@ -36,9 +36,9 @@ class Seed(Stage):
 
     def setup(self, ctx: StageContext) -> None:
         cfg = ctx.config.seed
-        self.gen = make_generator(ctx.config, cfg.sampling)
         self.exemplars = load_exemplars()
         self.prompt = load_prompt(cfg.prompt_tier if cfg.strategy == "tier" else cfg.prompt_chain)
+        self.gen = make_generator(ctx.config, cfg.sampling, self.prompt.stop)
         self.parse_cfg = ParseConfig(max_words=tuple(cfg.max_words))
 
     def process(self, ctx: StageContext) -> None:
