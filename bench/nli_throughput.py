@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default=None, help="default: bench/results/nli_throughput[_chains].json")
+    ap.add_argument("--out", default=None, help="default: bench/results/nli_throughput[_chains][_<shape>][_<device>].json")
     args = ap.parse_args()
 
     import numpy as np

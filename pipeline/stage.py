@@ -158,8 +158,8 @@ def _execute(stage: Stage, ctx: StageContext) -> None:
     stage.setup(ctx)
     try:
         if stage.engines:  # provenance: where each engine ran (device, dtype)
-            engines = {n: getattr(stage, n, None) for n in stage.engines}
-            ctx.stats["engines"] = {n: engine_info(e) for n, e in engines.items() if e is not None}
+            ctx.stats["engines"] = {n: engine_info(e) for n in stage.engines
+                                    if (e := getattr(stage, n, None)) is not None}
         stage.process(ctx)
     finally:
         stage.teardown(ctx)

@@ -47,6 +47,14 @@ def resolve_dtype(dtype: str = "auto", device=None, *, half: str = "bfloat16"):
     return torch.float32
 
 
+def release_gpu_cache() -> None:
+    """Hand cached CUDA blocks back after an engine drops its model (a no-op without CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def engine_info(engine) -> dict[str, str]:
     """Where an engine runs, for a stage's manifest: class, device and dtype (when it knows them)."""
     info = {"class": type(engine).__name__}

@@ -39,7 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.backends.common import length_buckets, resolve_device, resolve_dtype, restore_order
+from pipeline.backends.common import (length_buckets, release_gpu_cache, resolve_device, resolve_dtype,
+                                      restore_order)
 
 log = logging.getLogger(__name__)
 
@@ -652,11 +653,8 @@ class Completer:
 
     def close(self) -> None:
         """Drop the model (stages close their engines so GPU memory goes back at once)."""
-        import torch
-
         self.model = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_gpu_cache()
 
     # -- the two directions -----------------------------------------------------------------
     def generalize(self, captions: Sequence[str], *, progress: Progress | None = None,

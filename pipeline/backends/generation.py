@@ -17,7 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .common import SubprocessError, length_buckets, resolve_device, resolve_dtype, restore_order
+from .common import (SubprocessError, length_buckets, release_gpu_cache, resolve_device, resolve_dtype,
+                     restore_order)
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +265,8 @@ class TransformersGenerator(BaseGenerator):
         return restore_order(batches, results)
 
     def close(self) -> None:
-        torch = self._torch
         self.model = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_gpu_cache()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .common import length_buckets, resolve_device, resolve_dtype
+from .common import length_buckets, release_gpu_cache, resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -282,5 +282,4 @@ class NliScorer:
     def close(self) -> None:
         self.model = None
         self._ce = None
-        if self._torch.cuda.is_available():
-            self._torch.cuda.empty_cache()
+        release_gpu_cache()
