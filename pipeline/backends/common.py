@@ -57,6 +57,9 @@ def release_gpu_cache() -> None:
 
 def engine_info(engine) -> dict[str, str]:
     """Where an engine runs, for a stage's manifest: class, device and dtype (when it knows them)."""
+    child = getattr(engine, "child_info", None)  # an engine in its own process: what the child runs
+    if child:
+        return {**child, "class": f"{type(engine).__name__}({child.get('class')})"}
     info = {"class": type(engine).__name__}
     for attr in ("device", "dtype"):
         value = getattr(engine, attr, None)

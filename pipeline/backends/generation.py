@@ -17,8 +17,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .common import (SubprocessError, length_buckets, release_gpu_cache, resolve_device, resolve_dtype,
-                     restore_order)
+from .common import (SubprocessError, engine_info, length_buckets, release_gpu_cache, resolve_device,
+                     resolve_dtype, restore_order)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,8 @@ class GeneratorConfig(BaseModel):
     batch_size: int = Field(32, ge=1)  # transformers engine; vLLM schedules the whole shard itself
     tensor_parallel_size: int = Field(1, ge=1)  # vLLM
     max_model_len: int | None = None  # vLLM; transformers: static cache length when set
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)  # vLLM
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)  # vLLM (on CPU: share of RAM for the KV cache)
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # vLLM: more vllm.LLM kwargs (enforce_eager, ...)
     static_cache: bool = False  # transformers: cache_implementation="static"
     compile: bool = False  # transformers: torch.compile the decode step (needs static_cache)
     pad_to_multiple_of: int | None = None  # transformers: fewer distinct shapes under compile
@@ -288,7 +289,7 @@ def _serve(conn, engine: Engine, cfg_json: str) -> None:  # pragma: no cover - r
 
     try:
         gen = _build(engine, GeneratorConfig.model_validate_json(cfg_json))
-        conn.send(("ready", None))
+        conn.send(("ready", engine_info(gen)))
     except BaseException as e:  # noqa: BLE001
         conn.send(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
         return
@@ -324,12 +325,13 @@ class SubprocessGenerator(BaseGenerator):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
         cfg_json = cfg.model_copy(update={"subprocess": False}).model_dump_json()
-        self._proc = ctx.Process(target=_serve, args=(child, engine, cfg_json), daemon=True)
+        # not a daemon: vLLM starts engine processes of its own, and a daemon may not have children
+        self._proc = ctx.Process(target=_serve, args=(child, engine, cfg_json), daemon=False)
         self._proc.start()
         child.close()
         self._lock = threading.Lock()
         self._timeout = timeout_s
-        self._recv_expect("ready")
+        self.child_info: dict[str, str] = self._recv_expect("ready")  # engine_info() of the child's engine
 
     def _recv_expect(self, kind: str):
         if self._timeout is not None and not self._conn.poll(self._timeout):

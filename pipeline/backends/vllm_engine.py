@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .common import release_gpu_cache
 from .generation import (
     BaseGenerator,
     GeneratorConfig,
@@ -149,6 +150,13 @@ class VllmGenerator(BaseGenerator):
             )
             if cfg.max_model_len is not None:
                 kw["max_model_len"] = cfg.max_model_len
+            kw.update(cfg.engine_args)
+            from vllm.platforms import current_platform
+
+            if current_platform.is_cpu():
+                # vLLM 0.32's CPU runner rewinds a seeded request's torch.Generator after a chunked
+                # prefill (Generator.set_offset), which a CPU generator lacks: the worker dies.
+                kw.setdefault("enable_chunked_prefill", False)
             llm = vllm.LLM(**kw)
             sampling_params_cls = sampling_params_cls or vllm.SamplingParams
             sampling_params_module = sampling_params_module or sp_mod
@@ -156,6 +164,10 @@ class VllmGenerator(BaseGenerator):
         self.sampling_params_cls = sampling_params_cls
         self.sampling_params_module = sampling_params_module
         self.tokenizer = llm.get_tokenizer()
+        vcfg = getattr(getattr(llm, "llm_engine", None), "vllm_config", None)  # provenance, when real
+        if vcfg is not None:
+            self.device = vcfg.device_config.device_type
+            self.dtype = vcfg.model_config.dtype
 
     def generate(
         self, requests: list[GenRequest | dict], sampling: SamplingConfig | None = None
@@ -171,6 +183,11 @@ class VllmGenerator(BaseGenerator):
         return outputs_to_texts(outputs, sampling.n, prompts)
 
     def close(self) -> None:
-        # vLLM frees its GPU memory reliably only at process exit: use cfg.subprocess=True (or run
-        # the stage in a subprocess) when anything else needs the GPU afterwards.
-        self.llm = None
+        """Shut vLLM's engine core (and its worker processes) down now: left to interpreter exit,
+        a killed parent orphans them. GPU memory is reliably free only once the process exits:
+        use cfg.subprocess=True (model stages run in their own process anyway)."""
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        release_gpu_cache()

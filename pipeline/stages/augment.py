@@ -20,7 +20,7 @@ from .seed import request_seed
 
 class Augment(Stage):
     name = "augment"
-    version = "2"  # 2: the prompt's stop strings reach the engine
+    version = "3"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds
     inputs = ("nli_filter",)
     config_sections = ("augment", "nli_filter", "seed", "run")
     isolated = True

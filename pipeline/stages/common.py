@@ -40,7 +40,7 @@ def make_generator(config: PipelineConfig, sampling, stop: tuple[str, ...] = ())
     cfg = GeneratorConfig(model=path, revision=g.revision, dtype=g.dtype, device=g.device, batch_size=g.batch_size,
                           tensor_parallel_size=g.tensor_parallel_size, max_model_len=g.max_model_len,
                           gpu_memory_utilization=g.gpu_memory_utilization, static_cache=g.static_cache,
-                          compile=g.compile,
+                          compile=g.compile, engine_args=g.engine_args,
                           sampling=SamplingConfig(n=sampling.n, temperature=sampling.temperature,
                                                   top_p=sampling.top_p, max_tokens=sampling.max_tokens,
                                                   stop=list(dict.fromkeys([*sampling.stop, *stop])),

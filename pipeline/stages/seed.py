@@ -8,6 +8,7 @@ completion. Output that cannot be parsed goes to rejects with the raw text and t
 from __future__ import annotations
 
 from ..config import PipelineConfig
+from ..hashing import digest
 from ..parsing import ParseConfig, parse_chain, parse_tier, validate_chain
 from ..prompts import load_exemplars, load_prompt, render_seed_chain, render_seed_tier
 from ..stage import Stage, StageContext
@@ -16,12 +17,14 @@ from .common import (caption_rows, chain_id, make_generator, model_key, prompt_k
 
 
 def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
-    return (run_seed * 1_000_003 + int(caption_id[:8], 16) + step) % (2**31)
+    """A request's sampling seed, hashed: vLLM seeds completion k of an n > 1 request with seed + k,
+    so neighbouring seeds would make one request replay another's random stream."""
+    return int(digest([run_seed, caption_id, step])[:8], 16) & 0x7FFF_FFFF
 
 
 class Seed(Stage):
     name = "seed"
-    version = "2"  # 2: the prompt's stop strings reach the engine
+    version = "3"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds
     inputs = ("ingest",)
     config_sections = ("seed", "run")
     isolated = True
