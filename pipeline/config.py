@@ -95,6 +95,7 @@ class SamplingSection(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(64, ge=1)
     stop: list[str] = []
+    structured: bool = False              # vLLM: constrain output to the prompt template's `regex`
 
 
 class SeedSection(Section):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class PromptTemplate:
     system: str
     user: str
     stop: tuple[str, ...] = ()
+    regex: str | None = None  # the answer's format, for structured output (sampling.structured)
     description: str = ""
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -118,13 +120,20 @@ def load_prompt(prompt_id: str, prompts_dir: str | Path | None = None) -> Prompt
         stop = (stop,)
     if not all(isinstance(s, str) for s in stop):
         raise PromptError(f"{path}: field 'stop' must be a string or a list of strings")
-    known = set(REQUIRED_FIELDS) | {"description", "stop"}
+    regex = data.get("regex")
+    if regex is not None:
+        try:
+            re.compile(regex)
+        except (re.error, TypeError) as e:
+            raise PromptError(f"{path}: field 'regex' is not a valid regular expression: {e}") from e
+    known = set(REQUIRED_FIELDS) | {"description", "stop", "regex"}
     return PromptTemplate(
         id=str(data["id"]),
         hash=hashlib.sha256(data_bytes).hexdigest()[:16],
         system=data["system"],
         user=data["user"],
         stop=tuple(stop),
+        regex=regex,
         description=str(data.get("description") or "").strip(),
         path=str(path),
         extra={k: v for k, v in data.items() if k not in known},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import pytest
@@ -234,9 +235,40 @@ def test_stage_engine_gets_the_prompt_stop_strings(tiny_models):
     from pipeline.stages.common import make_generator as stage_generator
 
     cfg = load_config("tiny", overrides=['seed.sampling.stop=["###", "\\n"]'])
-    gen = stage_generator(cfg, cfg.seed.sampling, load_prompt("seed_tier").stop)
+    gen = stage_generator(cfg, cfg.seed.sampling, load_prompt("seed_tier"))
     try:
         assert gen.cfg.sampling.stop == ["###", "\n"]
         assert gen.generate_kwargs(gen.cfg.sampling)["stop_strings"] == ["###", "\n"]
+        assert gen.cfg.sampling.regex is None  # structured output is opt-in
     finally:
         gen.close()
+
+
+def test_structured_output_takes_the_prompt_regex(tiny_models, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.prompts import PromptError, load_exemplars, load_prompt
+    from pipeline.stage import StageError
+    from pipeline.stages.common import make_generator as stage_generator
+
+    cfg = load_config("tiny", overrides=["seed.sampling.structured=true"])
+    chain = load_prompt("seed_chain")
+    gen = stage_generator(cfg, cfg.seed.sampling, chain)
+    try:
+        assert gen.cfg.sampling.regex == chain.regex
+    finally:
+        gen.close()
+    # every template's regex accepts its own answers to the hand-written exemplars
+    for ex in load_exemplars():
+        t1, t2, t3 = ex["positive"][:3]
+        assert re.fullmatch(chain.regex, f"1. {t1}\n2. {t2}\n3. {t3}")
+        assert re.fullmatch(load_prompt("augment").regex, f"{t1} => {t2} => {t3}")
+        assert all(re.fullmatch(load_prompt("seed_tier").regex, t) for t in (t1, t2, t3))
+    assert not re.fullmatch(chain.regex, "Sure! Here is the list:\n1. dog")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("id: bare\nsystem: s\nuser: '{caption}'\n")
+    with pytest.raises(StageError, match="bare.yaml.*no 'regex'"):
+        stage_generator(cfg, cfg.seed.sampling, load_prompt(str(bare)))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: bad\nsystem: s\nuser: '{caption}'\nregex: '1\\. ['\n")
+    with pytest.raises(PromptError, match="bad.yaml.*regex"):
+        load_prompt(str(bad))

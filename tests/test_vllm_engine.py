@@ -387,18 +387,23 @@ def test_real_vllm_close_leaves_no_process(real_vllm):
 @needs_vllm
 @pytest.mark.slow
 def test_real_vllm_model_stages(tmp_path):
-    """seed -> nli_filter -> augment with engine=vllm, each model stage in its own process."""
+    """seed (structured output) -> nli_filter -> augment with engine=vllm, each model stage in its
+    own process."""
     from pipeline.config import load_config
+    from pipeline.prompts import load_prompt
     from pipeline.runner import run_stages
     from pipeline.store import RunStore
 
     cfg = load_config("tiny", overrides=[
         f"run.root={tmp_path}", "models.generator.engine=vllm", "models.generator.dtype=float32",
         "models.generator.gpu_memory_utilization=0.1", "seed.max_captions=16", "augment.max_captions=8",
+        "seed.sampling.structured=true",
     ])
+    store = RunStore(cfg.run.root, "vllm")
     with _env(**ONE_PROCESS):
-        ms = {m["stage"]: m for m in run_stages(cfg, RunStore(cfg.run.root, "vllm"),
-                                                ["ingest", "seed", "nli_filter", "augment"])}
+        ms = {m["stage"]: m for m in run_stages(cfg, store, ["ingest", "seed", "nli_filter", "augment"])}
+    chain_format = load_prompt("seed_chain").regex
+    assert all(re.fullmatch(chain_format, raw) for raw in store.stage("seed").read(columns=["raw"])["raw"].to_pylist())
     for name in ("seed", "nli_filter", "augment"):
         m = ms[name]
         assert m["rows_in"] == m["rows_out"] + m["rows_rejected"], m

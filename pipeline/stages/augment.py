@@ -34,7 +34,7 @@ class Augment(Stage):
 
     def setup(self, ctx: StageContext) -> None:
         self.prompt = load_prompt(ctx.config.augment.prompt)
-        self.gen = make_generator(ctx.config, ctx.config.augment.sampling, self.prompt.stop)
+        self.gen = make_generator(ctx.config, ctx.config.augment.sampling, self.prompt)
         self.scorer = make_scorer(ctx.config)
         self.parse_cfg = ParseConfig(max_words=tuple(ctx.config.seed.max_words))
 

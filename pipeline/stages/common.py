@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 from ..config import PipelineConfig
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
-from ..stage import StageContext
+from ..stage import StageContext, StageError
 
 
 def model_path(model_id: str, config: PipelineConfig) -> str:
@@ -30,12 +30,18 @@ def prompt_key(*prompt_ids: str) -> dict:
     return {"prompts": {pid: load_prompt(pid).hash for pid in prompt_ids}, "exemplars": files}
 
 
-def make_generator(config: PipelineConfig, sampling, stop: tuple[str, ...] = ()) -> "object":
-    """The configured engine; ``stop`` (the prompt template's stop strings) adds to the config's:
-    generation ends where the prompt's answer format ends instead of running to max_tokens."""
+def make_generator(config: PipelineConfig, sampling, prompt=None) -> "object":
+    """The configured engine. The prompt template's ``stop`` strings add to the config's, so
+    generation ends where the answer format ends instead of running to max_tokens; with
+    ``sampling.structured`` its ``regex`` constrains the output (vLLM)."""
     from ..backends.generation import GeneratorConfig, SamplingConfig, make_generator as _make
 
     g = config.models.generator
+    stop = prompt.stop if prompt is not None else ()
+    regex = prompt.regex if prompt is not None and sampling.structured else None
+    if sampling.structured and not regex:
+        raise StageError(f"sampling.structured is set but prompt template "
+                          f"{getattr(prompt, 'path', None) or prompt!r} has no 'regex'")
     path = model_path(g.model, config)
     cfg = GeneratorConfig(model=path, revision=g.revision, dtype=g.dtype, device=g.device, batch_size=g.batch_size,
                           tensor_parallel_size=g.tensor_parallel_size, max_model_len=g.max_model_len,
@@ -44,7 +50,7 @@ def make_generator(config: PipelineConfig, sampling, stop: tuple[str, ...] = ())
                           sampling=SamplingConfig(n=sampling.n, temperature=sampling.temperature,
                                                   top_p=sampling.top_p, max_tokens=sampling.max_tokens,
                                                   stop=list(dict.fromkeys([*sampling.stop, *stop])),
-                                                  seed=config.run.seed))
+                                                  seed=config.run.seed, regex=regex))
     return _make(g.engine, path, cfg)
 
 

@@ -41,7 +41,7 @@ class Seed(Stage):
         cfg = ctx.config.seed
         self.exemplars = load_exemplars()
         self.prompt = load_prompt(cfg.prompt_tier if cfg.strategy == "tier" else cfg.prompt_chain)
-        self.gen = make_generator(ctx.config, cfg.sampling, self.prompt.stop)
+        self.gen = make_generator(ctx.config, cfg.sampling, self.prompt)
         self.parse_cfg = ParseConfig(max_words=tuple(cfg.max_words))
 
     def process(self, ctx: StageContext) -> None:
