@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..config import PipelineConfig
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import StageContext, StageError
+
+if TYPE_CHECKING:
+    from ..prompts import PromptTemplate
 
 
 def model_path(model_id: str, config: PipelineConfig) -> str:
@@ -30,7 +33,7 @@ def prompt_key(*prompt_ids: str) -> dict:
     return {"prompts": {pid: load_prompt(pid).hash for pid in prompt_ids}, "exemplars": files}
 
 
-def make_generator(config: PipelineConfig, sampling, prompt=None) -> "object":
+def make_generator(config: PipelineConfig, sampling, prompt: PromptTemplate | None = None) -> "object":
     """The configured engine. The prompt template's ``stop`` strings add to the config's, so
     generation ends where the answer format ends instead of running to max_tokens; with
     ``sampling.structured`` its ``regex`` constrains the output (vLLM)."""
@@ -41,7 +44,7 @@ def make_generator(config: PipelineConfig, sampling, prompt=None) -> "object":
     regex = prompt.regex if prompt is not None and sampling.structured else None
     if sampling.structured and not regex:
         raise StageError(f"sampling.structured is set but prompt template "
-                          f"{getattr(prompt, 'path', None) or prompt!r} has no 'regex'")
+                         f"{getattr(prompt, 'path', None) or prompt!r} has no 'regex'")
     path = model_path(g.model, config)
     cfg = GeneratorConfig(model=path, revision=g.revision, dtype=g.dtype, device=g.device, batch_size=g.batch_size,
                           tensor_parallel_size=g.tensor_parallel_size, max_model_len=g.max_model_len,
