@@ -181,6 +181,8 @@ def validate_chain(tiers: list[str], caption: str | None, config: ParseConfig = 
     for i, t in enumerate(tiers):
         if not t or not t.strip():
             return f"tier {first_tier + i} is empty"
+        if "=>" in t:  # the chain separator: the tier would split into two when the chain is read back
+            return f"tier {first_tier + i} contains the chain separator '=>': {t!r}"
         mw = config.max_words[first_tier + i - 1]
         if word_count(t) > mw:
             return f"tier {first_tier + i} has {word_count(t)} words (max {mw}): {t!r}"

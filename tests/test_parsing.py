@@ -70,6 +70,9 @@ BAD_OUTPUTS = [
     ("1. bird\n2. blue bird\n3. " + CAP, None),
     # duplicate tiers
     ("1. bird\n2. Bird\n3. blue bird sitting on top of branch", "repeats"),
+    # the chain separator inside a tier (it would split in two when the chain is read back)
+    ("1. bird\n2. blue bird\n3. be => blue bird on branch", "separator"),
+    ("1. x => bird\n2. blue bird\n3. blue bird sitting on top of branch", "separator"),
     # tier 3 longer than the caption
     ("1. bird\n2. blue bird\n3. a lovely little blue bird sitting quietly on top of a thin branch with leaves",
      None),

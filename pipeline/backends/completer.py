@@ -137,12 +137,19 @@ class CompleterConfig(BaseModel):
 # pairs
 
 
-def _check_chain(chain: Sequence[str], i: int) -> None:
+def chain_problem(chain: Sequence[str]) -> str | None:
+    """Why H cannot learn from ``chain`` (None when it can)."""
     if len(chain) != N_TIERS or any(not isinstance(t, str) or not t.strip() for t in chain):
-        raise ValueError(f"chain {i}: expected {N_TIERS} non-empty tiers, got {list(chain)!r}")
+        return f"expected {N_TIERS} non-empty tiers, got {list(chain)!r}"
     for t in chain:
         if CHAIN_SEP in t:
-            raise ValueError(f"chain {i}: tier contains the separator {CHAIN_SEP!r}: {t!r}")
+            return f"tier contains the separator {CHAIN_SEP!r}: {t!r}"
+    return None
+
+
+def _check_chain(chain: Sequence[str], i: int) -> None:
+    if why := chain_problem(chain):
+        raise ValueError(f"chain {i}: {why}")
 
 
 def make_training_pairs(

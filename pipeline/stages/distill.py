@@ -8,18 +8,18 @@ chains H writes for their captions.
 
 from __future__ import annotations
 
-from ..backends.completer import Completer, make_training_pairs, train_completer, validity_report
+from ..backends.completer import Completer, chain_problem, make_training_pairs, train_completer, validity_report
 from ..config import PipelineConfig
 from ..hashing import digest
 from ..prompts import load_exemplars
-from ..schemas import CHAINS, conform
+from ..schemas import CHAINS, REJECTS, conform
 from ..stage import Stage, StageContext, StageError
-from .common import completer_config, make_scorer, model_key, model_path, prompt_key
+from .common import completer_config, make_scorer, model_key, model_path, prompt_key, reject
 
 
 class Distill(Stage):
     name = "distill"
-    version = "1"
+    version = "2"  # 2: unusable chains go to rejects instead of failing the stage
     inputs = ("nli_filter", "augment")
     config_sections = ("distill", "run", "nli_filter")
     isolated = True
@@ -35,6 +35,10 @@ class Distill(Stage):
         rows = ctx.upstream("nli_filter").read().to_pylist()
         if ctx.store.stage("augment").manifest() is not None:
             rows += ctx.store.stage("augment").read().to_pylist()
+        rejects = [reject(self.name, r["stage"], r["chain_id"], f"unusable chain: {why}", " => ".join(r["positive"]))
+                   for r in rows if (why := chain_problem(r["positive"]))]
+        bad = {x["key"] for x in rejects}
+        rows = [r for r in rows if r["chain_id"] not in bad]
         if len(rows) < 2 and not cfg.include_exemplars:
             raise StageError(f"distill: only {len(rows)} accepted chains; need at least 2 to train H")
         order = sorted(rows, key=lambda r: digest([ctx.seed, "distill", r["chain_id"]]))
@@ -60,4 +64,5 @@ class Distill(Stage):
             finally:
                 scorer.close()
         ctx.stats.update(stats)
-        ctx.commit(0, conform(order, CHAINS))   # the chains H learned from (held-out ones first)
+        # the chains H learned from (held-out ones first); chains it could not learn from
+        ctx.commit(0, conform(order, CHAINS), conform(rejects, REJECTS))
