@@ -103,6 +103,23 @@ def make_requests(tok, n: int, prompt_tokens: int):
     return reqs
 
 
+def best_of(fn, repeats: int, sync=lambda: None) -> tuple[float, object]:
+    """Best-of-``repeats`` wall seconds of ``fn()`` (synchronised) and its last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def rates(best: float, raw: float, total_new: int) -> dict:
+    """The engine's and the raw call's new tokens/s, side by side."""
+    return {"seconds": best, "new_tokens_per_s": total_new / best,
+            "raw_generate_new_tokens_per_s": total_new / raw, "engine_vs_raw": raw / best}
+
+
 def bench_vllm(args, model_path: str, dtype: str, reqs, sampling, new_tokens: int, prompt_tokens: int) -> dict:
     """VllmGenerator on the same requests, and raw ``LLM.generate`` on the same token prompts."""
     from pipeline.backends.generation import GeneratorConfig
@@ -112,11 +129,7 @@ def bench_vllm(args, model_path: str, dtype: str, reqs, sampling, new_tokens: in
     gen = VllmGenerator(GeneratorConfig(model=model_path, dtype=dtype, gpu_memory_utilization=mem,
                                         max_model_len=prompt_tokens + new_tokens + 64))
     gen.generate(reqs[:8], sampling)  # warm-up
-    best = float("inf")
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        out = gen.generate(reqs, sampling)
-        best = min(best, time.perf_counter() - t)
+    best, out = best_of(lambda: gen.generate(reqs, sampling), args.repeats)
     assert len(out) == len(reqs)
     prompts = build_token_prompts(gen.tokenizer, reqs)
     params = build_sampling_params(gen.sampling_params_cls, sampling, reqs)
@@ -125,9 +138,7 @@ def bench_vllm(args, model_path: str, dtype: str, reqs, sampling, new_tokens: in
     raw = time.perf_counter() - t
     got = sum(len(c.token_ids) for o in raw_out for c in o.outputs)
     assert got == len(reqs) * new_tokens, f"vLLM made {got} tokens, expected {len(reqs) * new_tokens}"
-    total_new = len(reqs) * new_tokens
-    info = {"seconds": best, "new_tokens_per_s": total_new / best, "raw_generate_new_tokens_per_s": total_new / raw,
-            "engine_vs_raw": raw / best, "vllm_device": str(gen.device), "vllm_dtype": str(gen.dtype)}
+    info = {**rates(best, raw, len(reqs) * new_tokens), "vllm_device": str(gen.device), "vllm_dtype": str(gen.dtype)}
     gen.close()
     return info
 
@@ -189,12 +200,7 @@ def main() -> None:
         gen = TransformersGenerator(cfg)
         gen.generate(reqs[:batch], sampling)  # warm-up (compiles in static+compile mode)
         sync()
-        best = float("inf")
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            out = gen.generate(reqs, sampling)
-            sync()
-            best = min(best, time.perf_counter() - t)
+        best, out = best_of(lambda g=gen: g.generate(reqs, sampling), args.repeats, sync)
         assert len(out) == len(reqs)
 
         # raw model.generate on the same (unsorted) batches, same kwargs: the engine's overhead floor
@@ -210,13 +216,7 @@ def main() -> None:
                 gen.model.generate(**enc, **kw)
         sync()
         raw = time.perf_counter() - t
-        total_new = len(reqs) * new_tokens
-        results[mode] = {
-            "seconds": best,
-            "new_tokens_per_s": total_new / best,
-            "raw_generate_new_tokens_per_s": total_new / raw,
-            "engine_vs_raw": raw / best,
-        }
+        results[mode] = rates(best, raw, len(reqs) * new_tokens)
         gen.close()
         del gen
         if cuda:

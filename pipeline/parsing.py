@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from . import TIER_SEP
+
 __all__ = ["ParseConfig", "ParseResult", "parse_chain", "parse_tier", "normalize_tier", "word_count",
            "validate_chain", "DEFAULT_CONFIG"]
 
@@ -181,8 +183,8 @@ def validate_chain(tiers: list[str], caption: str | None, config: ParseConfig = 
     for i, t in enumerate(tiers):
         if not t or not t.strip():
             return f"tier {first_tier + i} is empty"
-        if "=>" in t:  # the chain separator: the tier would split into two when the chain is read back
-            return f"tier {first_tier + i} contains the chain separator '=>': {t!r}"
+        if TIER_SEP.strip() in t:  # the chain separator: the tier would split when the chain is read back
+            return f"tier {first_tier + i} contains the chain separator {TIER_SEP.strip()!r}: {t!r}"
         mw = config.max_words[first_tier + i - 1]
         if word_count(t) > mw:
             return f"tier {first_tier + i} has {word_count(t)} words (max {mw}): {t!r}"

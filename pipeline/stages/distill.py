@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..backends.completer import Completer, chain_problem, make_training_pairs, train_completer, validity_report
 from ..config import PipelineConfig
 from ..hashing import digest
+from ..io.writers import join_tiers
 from ..prompts import load_exemplars
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import Stage, StageContext, StageError
@@ -35,10 +36,14 @@ class Distill(Stage):
         rows = ctx.upstream("nli_filter").read().to_pylist()
         if ctx.store.stage("augment").manifest() is not None:
             rows += ctx.store.stage("augment").read().to_pylist()
-        rejects = [reject(self.name, r["stage"], r["chain_id"], f"unusable chain: {why}", " => ".join(r["positive"]))
-                   for r in rows if (why := chain_problem(r["positive"]))]
-        bad = {x["key"] for x in rejects}
-        rows = [r for r in rows if r["chain_id"] not in bad]
+        usable, rejects = [], []
+        for r in rows:
+            if why := chain_problem(r["positive"]):
+                rejects.append(reject(self.name, r["stage"], r["chain_id"], f"unusable chain: {why}",
+                                      join_tiers(r["positive"])))
+            else:
+                usable.append(r)
+        rows = usable
         if len(rows) < 2 and not cfg.include_exemplars:
             raise StageError(f"distill: only {len(rows)} accepted chains; need at least 2 to train H")
         order = sorted(rows, key=lambda r: digest([ctx.seed, "distill", r["chain_id"]]))
