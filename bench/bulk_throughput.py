@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from pipeline.backends.completer import Completer, CompleterConfig, GenConfig
+    from pipeline.completer import Completer, GenConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,12 +114,11 @@ def main(argv=None) -> int:
         mpath = Path(td) / "model"
         build_model(mpath, args.shape, caps, args.out_tokens)
         for bs in args.batch:
-            cfg = CompleterConfig(model=str(mpath), max_source_len=64,
-                                  gen=GenConfig(max_new_tokens=args.out_tokens, batch_size=bs))
-            comp = Completer(mpath, cfg, device=args.device)
+            comp = Completer(mpath, GenConfig(max_new_tokens=args.out_tokens, batch_size=bs, device=args.device),
+                             max_source_len=64)
             tok, model = comp.tokenizer, comp.model
-            inputs = [cfg.format.generalize_input(c) for c in caps]
-            enc = tok(inputs, truncation=True, max_length=cfg.max_source_len)["input_ids"]
+            inputs = [comp.format.generalize_input(c) for c in caps]
+            enc = tok(inputs, truncation=True, max_length=comp.max_source_len)["input_ids"]
             in_tokens = sum(len(e) for e in enc) / len(enc)
 
             from pipeline.backends.common import length_buckets

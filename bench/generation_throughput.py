@@ -165,7 +165,8 @@ def main() -> None:
     import transformers
 
     from pipeline.backends.common import resolve_device, resolve_dtype
-    from pipeline.backends.generation import GeneratorConfig, SamplingConfig, TransformersGenerator
+    from pipeline.backends.generation import GeneratorConfig, SamplingConfig
+    from pipeline.backends.transformers_engine import TransformersGenerator
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -41,7 +41,7 @@ def make_tsv(path: Path, n: int, seed: int = 0) -> None:
 
 
 def stage_cmd(tsv: Path, root: Path, run: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "stage", "ingest", "--preset", "tiny", "--no-prefect",
+    return [sys.executable, "-m", "flows.cli", "stage", "ingest", "--preset", "tiny", "--no-prefect",
             "--root", str(root), "--run", run, "--set", f"ingest.sources=[{{name: cc, path: {tsv}}}]",
             "--set", "ingest.unit_rows=50000"]
 

@@ -17,7 +17,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from pipeline import runner
 from pipeline.config import PipelineConfig
 from pipeline.registry import get_stage
-from pipeline.stage import run_stage, stage_key
+from pipeline.stage import stage_key
 from pipeline.store import RunStore
 
 
@@ -28,8 +28,8 @@ def _store(params: dict) -> tuple[PipelineConfig, RunStore]:
 
 def stage_cache_key(context, params: dict[str, Any]) -> str | None:
     config, store = _store(params)
-    stage = get_stage(params["name"])
-    key = stage_key(stage, config, store)
+    stage = get_stage(params["name"], config)
+    key = stage_key(stage, store)
     m = store.stage(stage.name).manifest()
     return f"{store.run_id}-{stage.name}-{key}" if m and m.get("key") == key else None
 
@@ -44,7 +44,7 @@ def stage_task(name: str, config: dict, run_id: str, force: bool = False) -> dic
         if total:
             update_progress_artifact(art, min(100.0, 100.0 * done / max(total, 1)), description=f"{name}: {note}")
 
-    manifest = run_stage(get_stage(name), cfg, store, force=force, on_progress=on_progress)
+    manifest = runner.run_one(name, cfg, store, force=force, on_progress=on_progress)
     update_progress_artifact(art, 100.0, description=f"{name}: done")
     for tkey, rows in (manifest.get("stats") or {}).get("tables", {}).items():
         create_table_artifact(key=f"{name}-{tkey}".replace("_", "-"), table=rows, description=f"{name}: {tkey}")

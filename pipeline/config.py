@@ -1,22 +1,36 @@
 """Typed pipeline configuration, YAML-loadable, validated with clear errors.
 
 Every construction choice the paper leaves open (prompts, thresholds, sizes, sample counts,
-seeds) is a field here. Presets live in pipeline/presets/<name>.yaml; a user file or
-``--set section.field=value`` overrides apply on top.
+seeds) is a field here. The sections *are* the configs of the code that reads them: the engine
+configs (``models.generator`` is a :class:`GeneratorConfig`, ``models.nli`` an :class:`NliConfig`),
+the chain rules, the judge, H's training and generation settings. A stage is constructed with
+the objects it declares (``Stage.params``), so it cannot read a field its cache key omits.
+
+Presets live in pipeline/presets/<name>.yaml; a user file or ``--set section.field=value``
+overrides apply on top. Renamed keys are still accepted, with a deprecation message, for one release.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .align.config import AlignConfig
+from .backends.generation import GeneratorConfig, SamplingConfig
+from .backends.nli import NliConfig
+from .chain import ChainRules
+from .completer.engine import GenConfig
+from .completer.format import PairFormat
+from .completer.train import TrainConfig
+from .judge import JudgeConfig
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("hierarcaps")
 
 
 class ConfigError(ValueError):
@@ -29,45 +43,19 @@ class Section(BaseModel):
 
 class RunSection(Section):
     root: Path = Path("artifacts")        # output root; runs go to <root>/runs/<run_id>
-    seed: int = 0
+    random_seed: int = 0                  # every sample, shuffle and split of the run derives from it
     model_cache: Path | None = None       # where tiny models are built (default ~/.cache/hierarcaps)
 
 
-class GeneratorModel(Section):
-    engine: Literal["transformers", "vllm"] = "transformers"
-    model: str = "tiny/llama-chat"
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_size: int = Field(32, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_model_len: int | None = None
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)   # vLLM (on CPU: share of RAM for the KV cache)
-    engine_args: dict[str, Any] = {}      # vLLM: more vllm.LLM keyword arguments
-    static_cache: bool = False
-    compile: bool = False
-
-
-class NliModel(Section):
-    model: str = "tiny/nli"
-    revision: str | None = None
-    backend: Literal["transformers", "cross-encoder"] = "transformers"
-    batch_size: int = Field(64, ge=1)
-    max_length: int = Field(256, ge=8)
-    device: str = "auto"
-    dtype: str = "auto"
-    label_map: dict[str, int] | None = None
-
-
-class CompleterModel(Section):
-    model: str = "tiny/t5"                # base checkpoint that distill fine-tunes into H
+class ModelRef(Section):
+    model: str
     revision: str | None = None
 
 
 class ModelsSection(Section):
-    generator: GeneratorModel = GeneratorModel()
-    nli: NliModel = NliModel()
-    completer: CompleterModel = CompleterModel()
+    generator: GeneratorConfig = GeneratorConfig(model="tiny/llama-chat")
+    nli: NliConfig = NliConfig(model="tiny/nli")
+    completer_base: ModelRef = ModelRef(model="tiny/t5")   # the checkpoint distill fine-tunes into H
 
 
 class SourceConfig(Section):
@@ -89,13 +77,12 @@ class IngestSection(Section):
     clean_chains: bool = False            # given chains (HierarCaps CSVs) are curated: kept verbatim
 
 
-class SamplingSection(Section):
-    n: int = Field(1, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(64, ge=1)
-    stop: list[str] = []
-    structured: bool = False              # vLLM: constrain output to the prompt template's `regex`
+class StageSampling(SamplingConfig):
+    """A generating stage's sampling: the engine's settings plus ``structured`` (vLLM holds the
+    output to ``regex``, or to the prompt template's regex when ``regex`` is unset). The stage adds
+    the template's stop strings, and ``random_seed`` defaults to the run's."""
+
+    structured: bool = False
 
 
 class SeedSection(Section):
@@ -106,13 +93,11 @@ class SeedSection(Section):
     max_captions: int | None = Field(200, ge=1)   # captions seeded by the LLM (from train split)
     splits: list[str] = ["train"]
     unit_rows: int = Field(256, ge=1)
-    max_words: list[int] = [3, 8, 16]
-    sampling: SamplingSection = SamplingSection()
+    sampling: StageSampling = StageSampling()
 
 
-class NliFilterSection(Section):
-    entail_threshold: float = Field(0.5, ge=0, le=1)
-    transitive: bool = False              # also judge non-adjacent pairs
+class NliFilterSection(JudgeConfig):
+    model_config = ConfigDict(extra="forbid")
     unit_rows: int = Field(1024, ge=1)
 
 
@@ -122,48 +107,36 @@ class AugmentSection(Section):
     max_captions: int | None = Field(200, ge=1)
     splits: list[str] = ["train"]
     unit_rows: int = Field(256, ge=1)
-    sampling: SamplingSection = SamplingSection()
+    sampling: StageSampling = StageSampling()
 
 
-class DistillSection(Section):
+class DistillSection(TrainConfig, PairFormat):
+    """H's training (every TrainConfig field) and input format (PairFormat), plus its data."""
+
+    model_config = ConfigDict(extra="forbid")
     include_exemplars: bool = False       # also learn from prompts/exemplars.jsonl (hand-written chains)
-    generalize_prefix: str = "generalize: "
-    specify_prefix: str = "specify: "
-    lr: float = Field(3e-4, gt=0)
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int | None = None
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.05, ge=0, le=1)
-    weight_decay: float = Field(0.01, ge=0)
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    bf16: Literal["auto", "on", "off"] = "auto"
-    eval_fraction: float = Field(0.1, ge=0, lt=1)
-    save_every_steps: int = Field(200, ge=1)
-    max_source_len: int = 96
-    max_target_len: int = 64
 
 
-class BulkSection(Section):
+class BulkSection(GenConfig):
+    """H over the captions: how it generates (every GenConfig field) and over what."""
+
+    model_config = ConfigDict(extra="forbid")
     splits: dict[str, str] = {"train": "train", "test": "test"}   # caption split -> output split
     max_captions: int | None = None
     unit_rows: int = Field(2048, ge=1)
-    batch_size: int = Field(64, ge=1)
-    num_beams: int = Field(1, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
 
 
-class NegativesSection(Section):
-    tries: int = Field(4, ge=1)           # candidate samples per tier before giving up
+class NegativesSection(GenConfig):
+    """H samples candidates (every GenConfig field; sampling on), the judge keeps true contradictions."""
+
+    model_config = ConfigDict(extra="forbid")
+    do_sample: bool = True
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
+    tries: int = Field(4, ge=1)           # candidate samples per tier before giving up
     entail_threshold: float = Field(0.5, ge=0, le=1)
     contradict_threshold: float = Field(0.5, ge=0, le=1)
     unit_rows: int = Field(1024, ge=1)
-    batch_size: int = Field(64, ge=1)
 
 
 class ExportSection(Section):
@@ -189,10 +162,43 @@ class BenchSection(Section):
     device: str = "cpu"
 
 
+# old key -> new key (one release of grace)
+RENAMED = {
+    "run.seed": "run.random_seed",
+    "models.completer": "models.completer_base",
+    "seed.max_words": "rules.max_words",
+}
+
+
+def _pop(d: dict, path: list[str]):
+    for k in path[:-1]:
+        d = d.get(k)
+        if not isinstance(d, dict):
+            return None, False
+    return (d.pop(path[-1]), True) if path[-1] in d else (None, False)
+
+
+def migrate(data: dict) -> dict:
+    """Move renamed keys to their new place, saying so; the new key wins when both are given."""
+    data = _deep_merge({}, data)
+    for old, new in RENAMED.items():
+        value, found = _pop(data, old.split("."))
+        if not found:
+            continue
+        log.warning("config: '%s' is deprecated, use '%s' (the old name goes in the next release)", old, new)
+        *parents, leaf = new.split(".")
+        d = data
+        for k in parents:
+            d = d.setdefault(k, {})
+        d.setdefault(leaf, value)
+    return data
+
+
 class PipelineConfig(Section):
     preset: str | None = None
     run: RunSection = RunSection()
     models: ModelsSection = ModelsSection()
+    rules: ChainRules = ChainRules()
     ingest: IngestSection = IngestSection()
     seed: SeedSection = SeedSection()
     nli_filter: NliFilterSection = NliFilterSection()
@@ -204,14 +210,26 @@ class PipelineConfig(Section):
     align: AlignSection = AlignSection()
     bench: BenchSection = BenchSection()
 
-    def section(self, name: str) -> dict:
-        return getattr(self, name).model_dump(mode="json") if hasattr(self, name) else {}
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data):
+        return migrate(data) if isinstance(data, dict) else data
+
+    def at(self, path: str) -> Any:
+        """The object at a dotted path (``models.nli``, ``run.random_seed``)."""
+        obj: Any = self
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                raise KeyError(f"config has no '{path}'")
+            obj = getattr(obj, part)
+        return obj
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else \
+            (_deep_merge({}, v) if isinstance(v, dict) else v)
     return out
 
 
@@ -220,6 +238,10 @@ def _read_yaml(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -230,9 +252,14 @@ def _read_yaml(path: Path) -> dict:
 def parse_override(item: str) -> dict:
     """``a.b.c=value`` -> {"a": {"b": {"c": value}}}; value parsed as YAML."""
     if "=" not in item:
-        raise ConfigError(f"override '{item}' must look like section.field=value")
+        raise ConfigError(f"--set {item!r}: must look like section.field=value")
     key, raw = item.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw != "" else ""
+    if not key.strip() or any(not p for p in key.strip().split(".")):
+        raise ConfigError(f"--set {item!r}: '{key}' is not a dotted config field")
+    try:
+        value: Any = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
@@ -242,34 +269,43 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
+def _has(d: dict, loc: tuple) -> bool:
+    for k in loc:
+        if not isinstance(d, dict) or k not in d:
+            return False
+        d = d[k]
+    return True
+
+
 def load_config(preset: str | None = None, path: str | Path | None = None,
                 overrides: list[str] | dict | None = None, base: dict | None = None) -> PipelineConfig:
-    """Defaults < preset < base (a run's saved config) < file < overrides."""
-    data: dict = {}
-    origin = "defaults"
+    """Defaults < preset < base (a run's saved config) < file < overrides. An invalid field is
+    reported with the layer that set it (the ``--set`` argument, the file, the preset)."""
+    layers: list[tuple[str, dict]] = []
     if preset:
         ppath = PRESETS_DIR / f"{preset}.yaml"
         if not ppath.exists():
             raise ConfigError(f"unknown preset '{preset}'; choose one of {list_presets()}")
-        data = _read_yaml(ppath)
-        data["preset"] = preset
-        origin = str(ppath)
+        layers.append((str(ppath), {**_read_yaml(ppath), "preset": preset}))
     if base:
-        data = _deep_merge(data, base)
-        origin = "saved run config"
+        layers.append(("saved run config", base))
     if path:
-        data = _deep_merge(data, _read_yaml(Path(path)))
-        origin = str(path)
+        layers.append((str(path), _read_yaml(Path(path))))
     if isinstance(overrides, dict):
-        data = _deep_merge(data, overrides)
+        layers.append(("overrides", overrides))
     else:
-        for item in overrides or []:
-            data = _deep_merge(data, parse_override(item))
+        layers += [(f"--set {item!r}", parse_override(item)) for item in overrides or []]
+    layers = [(origin, migrate(d)) for origin, d in layers]
+    data: dict = {}
+    for _, d in layers:
+        data = _deep_merge(data, d)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"invalid config ({origin}):"]
+        lines = []
         for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+            loc = tuple(str(x) for x in err["loc"])
+            origin = next((o for o, d in reversed(layers) if _has(d, loc) or _has(d, loc[:-1])), "defaults")
+            lines.append(f"{origin}: {'.'.join(loc)}: {err['msg']}")
+        raise ConfigError("invalid config: " + lines[0] if len(lines) == 1 else
+                          "invalid config:\n  " + "\n  ".join(lines)) from None

@@ -7,11 +7,8 @@ markdown bold/code, trailing explanations, chatty preambles, the model repeating
 ``parse_chain(raw, caption)`` -> tiers ``[t1, t2, t3]`` (general -> specific) or a ``reason``.
 ``parse_tier(raw, more_specific)`` -> one tier (``tiers == [text]``) or a ``reason``.
 
-Validation (``ParseConfig``): non-empty; word counts at most ``max_words`` per tier; each tier no
-longer in words than the next more specific one (strictly shorter with ``strict_lengths=True``;
-the default allows equal lengths because real chains like ``bird => blue bird`` and
-``animal => dog`` do that); no tier equal (case-insensitively) to a more specific one or to the
-caption. Tiers 1-3 are normalised: whitespace collapsed, quotes/markdown/trailing period
+What a parsed chain must keep is :class:`pipeline.chain.ChainRules` (word limits, each tier no
+longer than the next more specific one, no repeats), checked by :func:`pipeline.chain.rule_violation`. Tiers 1-3 are normalised: whitespace collapsed, quotes/markdown/trailing period
 removed, lowercased except all-caps tokens (``USA``, ``NYC``).
 """
 
@@ -20,20 +17,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from . import TIER_SEP
+from .chain import ChainRules, rule_violation, text_key, word_count
 
-__all__ = ["ParseConfig", "ParseResult", "parse_chain", "parse_tier", "normalize_tier", "word_count",
-           "validate_chain", "DEFAULT_CONFIG"]
+__all__ = ["ParseResult", "parse_chain", "parse_tier", "normalize_tier"]
 
-
-@dataclass(frozen=True)
-class ParseConfig:
-    max_words: tuple[int, int, int] = (3, 8, 16)
-    strict_lengths: bool = False
-    max_raw_chars: int = 20000
-
-
-DEFAULT_CONFIG = ParseConfig()
+DEFAULT_RULES = ChainRules()
+MAX_RAW_CHARS = 20000   # longer completions are cut before parsing (runaway generation)
 
 
 @dataclass
@@ -97,10 +86,6 @@ _TRAIL_SPLIT = re.compile(
 _QUOTES = "\"'`“”‘’«»"
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
 def _strip_markdown(s: str) -> str:
     s = re.sub(r"(\*\*|__)(.+?)\1", r"\2", s)
     s = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"\1", s)
@@ -156,53 +141,13 @@ def _clean_item(text: str) -> str:
     return normalize_tier(s)
 
 
-def _same(a: str, b: str) -> bool:
-    return _key(a) == _key(b)
-
-
-def _key(s: str) -> str:
-    return re.sub(r"[^\w]+", " ", (s or "").lower()).strip()
-
-
 def _is_caption_echo(line: str, caption: str) -> bool:
     if not caption:
         return False
-    k, c = _key(line), _key(caption)
+    k, c = text_key(line), text_key(caption)
     if not k:
         return False
     return k == c or (len(k) > 10 and (c == k or (k in c and word_count(k) >= word_count(c) - 1)))
-
-
-# --------------------------------------------------------------------------- validation
-
-def validate_chain(tiers: list[str], caption: str | None, config: ParseConfig = DEFAULT_CONFIG) -> str | None:
-    """Return a reason string when ``tiers`` (general -> specific, 1..3 items, the most specific
-    last and directly below ``caption``) breaks the rules, else None."""
-    n = len(tiers)
-    first_tier = 4 - n  # 1-based tier number of tiers[0]
-    for i, t in enumerate(tiers):
-        if not t or not t.strip():
-            return f"tier {first_tier + i} is empty"
-        if TIER_SEP.strip() in t:  # the chain separator: the tier would split when the chain is read back
-            return f"tier {first_tier + i} contains the chain separator {TIER_SEP.strip()!r}: {t!r}"
-        mw = config.max_words[first_tier + i - 1]
-        if word_count(t) > mw:
-            return f"tier {first_tier + i} has {word_count(t)} words (max {mw}): {t!r}"
-    chain = list(tiers) + ([caption] if caption is not None and caption.strip() else [])
-    for i in range(len(chain) - 1):
-        a, b = chain[i], chain[i + 1]
-        wa, wb = word_count(a), word_count(b)
-        too_long = wa >= wb if config.strict_lengths else wa > wb
-        if too_long:
-            nb = "caption" if (caption is not None and i + 1 == len(chain) - 1 and len(chain) > n) else f"tier {first_tier + i + 1}"
-            rel = "not shorter than" if config.strict_lengths else "longer than"
-            return f"tier {first_tier + i} ({wa} words) is {rel} {nb} ({wb} words)"
-    for i in range(len(chain)):
-        for j in range(i + 1, len(chain)):
-            if _same(chain[i], chain[j]):
-                nb = "caption" if (j == len(chain) - 1 and len(chain) > n) else f"tier {first_tier + j}"
-                return f"tier {first_tier + i} repeats {nb}: {chain[i]!r}"
-    return None
 
 
 # --------------------------------------------------------------------------- extraction
@@ -278,7 +223,7 @@ def _candidate_from_lines(lines: list[str], caption: str) -> list[str]:
     return kept
 
 
-def _finish(tiers: list[str], caption: str, config: ParseConfig, raw: str, notes: list[str]) -> ParseResult:
+def _finish(tiers: list[str], caption: str, rules: ChainRules, raw: str, notes: list[str]) -> ParseResult:
     # drop caption echoes and a 4th tier that is the caption
     tiers = [t for t in tiers if t and not _is_caption_echo(t, caption)]
     if len(tiers) > 3:
@@ -291,25 +236,25 @@ def _finish(tiers: list[str], caption: str, config: ParseConfig, raw: str, notes
     if wc[0] > wc[2] and wc[0] >= wc[1] >= wc[2]:
         tiers = tiers[::-1]
         notes.append("reversed specific->general order")
-    reason = validate_chain(tiers, caption, config)
+    reason = rule_violation(tiers, caption, rules)
     if reason:
         return ParseResult(None, reason, raw, notes)
     return ParseResult(tiers, None, raw, notes)
 
 
-def parse_chain(raw: str, caption: str, config: ParseConfig = DEFAULT_CONFIG) -> ParseResult:
+def parse_chain(raw: str, caption: str, rules: ChainRules = DEFAULT_RULES) -> ParseResult:
     """Parse a whole-chain completion into ``[t1, t2, t3]`` (general -> specific)."""
     try:
-        return _parse_chain(raw, caption, config)
+        return _parse_chain(raw, caption, rules)
     except Exception as e:  # pragma: no cover - the parser must never raise
         return ParseResult(None, f"parser error: {type(e).__name__}: {e}", raw if isinstance(raw, str) else "")
 
 
-def _parse_chain(raw, caption, config: ParseConfig) -> ParseResult:
+def _parse_chain(raw, caption, rules: ChainRules) -> ParseResult:
     if not isinstance(raw, str):
         return ParseResult(None, "empty output" if raw is None else f"output is not text ({type(raw).__name__})", "")
     caption = caption if isinstance(caption, str) else ""
-    text = raw[: config.max_raw_chars]
+    text = raw[:MAX_RAW_CHARS]
     notes: list[str] = []
     lines = _prep_lines(text)
     if not lines:
@@ -320,15 +265,15 @@ def _parse_chain(raw, caption, config: ParseConfig) -> ParseResult:
     arrows = _candidate_from_arrows(lines, caption)
     if arrows is not None and len([a for a in arrows if not _is_caption_echo(a, caption)]) >= 3:
         notes.append("arrows")
-        return _finish(arrows, caption, config, raw, notes)
+        return _finish(arrows, caption, rules, raw, notes)
     numbered = _candidate_from_numbers(lines)
     if numbered is not None and len(numbered) >= 3:
         notes.append("numbered")
-        return _finish(numbered, caption, config, raw, notes)
+        return _finish(numbered, caption, rules, raw, notes)
     plain = _candidate_from_lines(lines, caption)
     if len(plain) >= 3:
         notes.append("lines")
-        return _finish(plain, caption, config, raw, notes)
+        return _finish(plain, caption, rules, raw, notes)
     # one line, comma/semicolon separated?
     if len(plain) == 1 or (len(lines) == 1):
         src = plain[0] if plain else lines[0]
@@ -337,33 +282,33 @@ def _parse_chain(raw, caption, config: ParseConfig) -> ParseResult:
             parts = [p for p in parts if p]
             if len(parts) == 3:
                 notes.append(f"split on {sep!r}")
-                return _finish(parts, caption, config, raw, notes)
+                return _finish(parts, caption, rules, raw, notes)
     best = max([c for c in (arrows, numbered, plain) if c is not None], key=len, default=[])
-    return _finish(best, caption, config, raw, notes)
+    return _finish(best, caption, rules, raw, notes)
 
 
 def parse_tier(
     raw: str,
     more_specific: str,
     tier: int | None = None,
-    config: ParseConfig = DEFAULT_CONFIG,
+    rules: ChainRules = DEFAULT_RULES,
 ) -> ParseResult:
     """Parse a single-tier completion; ``tiers == [text]`` on success.
 
     ``tier`` (1..3) selects the word limit (default: the loosest, tier 3's).
     """
     try:
-        return _parse_tier(raw, more_specific, tier, config)
+        return _parse_tier(raw, more_specific, tier, rules)
     except Exception as e:  # pragma: no cover
         return ParseResult(None, f"parser error: {type(e).__name__}: {e}", raw if isinstance(raw, str) else "")
 
 
-def _parse_tier(raw, more_specific, tier, config: ParseConfig) -> ParseResult:
+def _parse_tier(raw, more_specific, tier, rules: ChainRules) -> ParseResult:
     if not isinstance(raw, str):
         return ParseResult(None, "empty output", "")
     more_specific = more_specific if isinstance(more_specific, str) else ""
     notes: list[str] = []
-    lines = _prep_lines(raw[: config.max_raw_chars])
+    lines = _prep_lines(raw[:MAX_RAW_CHARS])
     if not lines:
         return ParseResult(None, "empty output", raw, notes)
     candidate = None
@@ -404,15 +349,7 @@ def _parse_tier(raw, more_specific, tier, config: ParseConfig) -> ParseResult:
     t = _clean_item(_NUM_ITEM.sub(r"\2", candidate) if (_PLAIN_NUM.match(candidate) or _LABELLED_NUM.match(candidate)) else candidate)
     if not t:
         return ParseResult(None, "empty tier", raw, notes)
-    idx = (tier if tier in (1, 2, 3) else 3)
-    limit = config.max_words[idx - 1]
-    if word_count(t) > limit:
-        return ParseResult(None, f"tier {idx} has {word_count(t)} words (max {limit}): {t!r}", raw, notes)
-    if more_specific.strip():
-        if _same(t, more_specific):
-            return ParseResult(None, f"tier repeats the more specific text: {t!r}", raw, notes)
-        wa, wb = word_count(t), word_count(more_specific)
-        if (wa >= wb) if config.strict_lengths else (wa > wb):
-            rel = "not shorter than" if config.strict_lengths else "longer than"
-            return ParseResult(None, f"tier ({wa} words) is {rel} the more specific text ({wb} words)", raw, notes)
+    idx = tier if tier in (1, 2, 3) else 3
+    if reason := rule_violation([t], more_specific, rules, first=idx, below_name="the more specific text"):
+        return ParseResult(None, reason, raw, notes)
     return ParseResult([t], None, raw, notes)

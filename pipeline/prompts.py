@@ -25,6 +25,8 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from .chain import join_tiers
+
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 EXEMPLARS_FILE = "exemplars.jsonl"
 REQUIRED_FIELDS = ("id", "system", "user")
@@ -191,7 +193,7 @@ def format_chain_numbered(tiers: Sequence[str]) -> str:
 
 def format_chain_arrows(tiers: Sequence[str]) -> str:
     """``t1 => t2 => t3``: the completion format of ``augment``."""
-    return " => ".join(tiers[:3])
+    return join_tiers(tiers[:3])
 
 
 def _template(template: PromptTemplate | str | None, default_id: str, prompts_dir) -> PromptTemplate:

@@ -6,19 +6,25 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from . import N_TIERS, TIER_SEP
+from .chain import N_TIERS, join_tiers
+from .registry import stage_names
 
-PIPELINE = ("ingest", "seed", "nli_filter", "augment", "distill", "bulk", "negatives")
 
-
-def stage_counts(store) -> dict[str, dict]:
-    out = {}
-    for s in PIPELINE:
-        m = store.stage(s).manifest()
-        if m:
-            out[s] = {k: m[k] for k in ("rows_in", "rows_out", "rows_rejected", "wall_s")}
-            out[s]["stats"] = m.get("stats", {})
-    return out
+def lineage(store, names) -> dict[str, dict]:
+    """The manifests of ``names`` and of every stage they were made from (their upstream, and so on),
+    in run order: what a dataset card may report without reading anything its key does not cover."""
+    found: dict[str, dict] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        m = store.stage(name).manifest()
+        if m is None:
+            continue
+        found[name] = m
+        todo += list(m.get("upstream") or {})
+    return {n: found[n] for n in stage_names() if n in found}
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:
@@ -30,11 +36,8 @@ def top_concepts(chains: list[dict], n: int = 15) -> list[tuple[str, int]]:
     return Counter(c["positive"][0].lower() for c in chains).most_common(n)
 
 
-def write_dataset_card(ctx, train: list[dict], test: list[dict]) -> str:
-    cfg = ctx.config
-    name = cfg.export.name
-    counts = stage_counts(ctx.store)
-    example = TIER_SEP.join((train + test)[0]["positive"]) if (train or test) else ""
+def write_dataset_card(out: Path, name: str, stages: dict[str, dict], train: list[dict], test: list[dict]) -> str:
+    example = join_tiers((train + test)[0]["positive"]) if (train or test) else ""
     lines = [
         "---", "language: [en]", "license: other", f"pretty_name: {name}",
         "task_categories: [text-retrieval, zero-shot-image-classification]",
@@ -50,12 +53,13 @@ def write_dataset_card(ctx, train: list[dict], test: list[dict]) -> str:
         *_table(["split", "chains"], [["train", len(train)], ["test", len(test)]]), "",
         "## Pipeline stages", "",
         *_table(["stage", "rows in", "rows out", "rejected", "wall s"],
-                [[s, m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"]] for s, m in counts.items()]),
+                [[s, m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"]] for s, m in stages.items()]),
         "", "## Top tier-1 concepts", "", ", ".join(f"{w} ({n})" for w, n in top_concepts(train + test)), "",
-        "## Pipeline config", "", "```json", json.dumps(cfg.model_dump(mode="json"), indent=2), "```", "",
+        "## Pipeline config (what each stage was run with)", "", "```json",
+        json.dumps({s: m.get("params", {}) for s, m in stages.items()}, indent=2, sort_keys=True), "```", "",
     ]
     text = "\n".join(lines)
-    (ctx.out.path / "README.md").write_text(text, encoding="utf-8")
+    (out / "README.md").write_text(text, encoding="utf-8")
     return text
 
 
@@ -97,11 +101,10 @@ def _plots(out: Path, chains: list[dict]) -> list[str]:
     return files
 
 
-def write_quality_report(ctx, chains: list[dict]) -> str:
+def write_quality_report(out: Path, run_id: str, stages: dict[str, dict], chains: list[dict]) -> str:
     """Acceptance per stage and per link, score histograms, tier lengths, top tier-1 concepts."""
-    out = ctx.out.path
-    counts = stage_counts(ctx.store)
-    lines = [f"# Quality report: run {ctx.store.run_id}", "", "## Acceptance per stage", ""]
+    counts = {s: {**m, "stats": m.get("stats", {})} for s, m in stages.items()}
+    lines = [f"# Quality report: run {run_id}", "", "## Acceptance per stage", ""]
     lines += _table(["stage", "in", "out", "rejected", "kept %"],
                     [[s, m["rows_in"], m["rows_out"], m["rows_rejected"],
                       f"{100 * m['rows_out'] / m['rows_in']:.1f}" if m["rows_in"] else "-"] for s, m in counts.items()])

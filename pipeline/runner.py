@@ -6,9 +6,10 @@ import logging
 from typing import Callable
 
 from .config import PipelineConfig, load_config
+from .execute import run_stage, stage_status
 from .hashing import digest
 from .registry import default_stages, get_stage, stage_names
-from .stage import StageError, run_stage, stage_status
+from .stage import StageError
 from .store import RunStore
 
 log = logging.getLogger("hierarcaps")
@@ -45,19 +46,24 @@ def check_stages(stages: list[str] | None) -> list[str]:
     return sorted(stages, key=order.index)
 
 
+def run_one(name: str, config: PipelineConfig, store: RunStore, force: bool = False,
+            on_progress: Callable | None = None) -> dict:
+    """One stage of a run, built from the config; the run's saved config is updated once it succeeds."""
+    m = run_stage(get_stage(name, config), store, force=force, on_progress=on_progress,
+                  model_cache=config.run.model_cache)
+    store.save_config(config.model_dump(mode="json"))
+    log.info("%s: %s in=%s out=%s rejected=%s (%.1fs)", name, "cached" if m["cache_hit"] else "done",
+             m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"])
+    return m
+
+
 def run_stages(config: PipelineConfig, store: RunStore, stages: list[str] | None = None, force: bool = False,
                on_progress: Callable | None = None) -> list[dict]:
-    results = []
-    for name in check_stages(stages):
-        m = run_stage(get_stage(name), config, store, force=force, on_progress=on_progress)
-        log.info("%s: %s in=%s out=%s rejected=%s (%.1fs)", name, "cached" if m["cache_hit"] else "done",
-                 m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"])
-        results.append(m)
-    return results
+    return [run_one(name, config, store, force, on_progress) for name in check_stages(stages)]
 
 
 def status_rows(config: PipelineConfig, store: RunStore) -> list[dict]:
-    return [stage_status(get_stage(n), config, store) for n in stage_names()]
+    return [stage_status(get_stage(n, config), store) for n in stage_names()]
 
 
 def format_status(rows: list[dict]) -> str:

@@ -1,14 +1,16 @@
-"""Explicit Arrow schemas for every table the pipeline writes.
+"""Explicit Arrow schemas for every table the pipeline writes, and the reject row builder.
 
 Tiers are always ordered general -> specific: ``positive[0]`` is tier 1 (a category),
-``positive[3]`` is tier 4 (the caption itself).
+``positive[3]`` is tier 4 (the caption itself). Names mean one thing each: ``source`` is a
+configured input source (its name), ``origin`` where a rejected row came from (a file or an
+upstream stage), ``llm_output`` what a model wrote, ``excerpt`` the offending content of a reject.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: image_id on chains; seed -> random_seed, raw -> llm_output / excerpt, source -> origin
 
 # One NLI judgement of a link: premise = the more specific text, hypothesis = the more general.
 LINK_SCORE = pa.struct(
@@ -54,6 +56,7 @@ CHAINS = pa.schema(
         ("source", pa.string()),
         ("split", pa.string()),
         ("image_url", pa.string()),
+        ("image_id", pa.string()),
         ("orig_id", pa.string()),
         ("positive", pa.list_(pa.string())),      # 4 tiers, general -> specific
         ("negative", pa.list_(pa.string())),      # 4 tiers or null; an entry may be null
@@ -65,25 +68,28 @@ CHAINS = pa.schema(
         ("model", pa.string()),
         ("prompt_id", pa.string()),
         ("prompt_hash", pa.string()),
-        ("seed", pa.int64()),
-        ("raw", pa.string()),                     # raw generator output, for audit
+        ("random_seed", pa.int64()),
+        ("llm_output", pa.string()),              # the generator's raw output, for audit
     ]
 )
 
 REJECTS = pa.schema(
     [
         ("stage", pa.string()),
-        ("source", pa.string()),     # file path, or upstream table for model stages
-        ("row", pa.int64()),         # 1-based row / line in source; -1 when not row-addressable
+        ("origin", pa.string()),     # the file (ingest, curation) or upstream stage the row came from
+        ("row", pa.int64()),         # 1-based row / line in the file; -1 when not row-addressable
         ("key", pa.string()),        # caption_id / chain_id where known
         ("reason", pa.string()),
-        ("raw", pa.string()),        # offending content, truncated
+        ("excerpt", pa.string()),    # offending content, truncated
     ]
 )
 
+EXCERPT_MAX = 2000
 
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
+
+def reject(stage: str, origin: str, key: str | None, reason: str, excerpt: str | None = "", row: int = -1) -> dict:
+    """A REJECTS row: which stage refused what, from where, and why."""
+    return dict(stage=stage, origin=origin, row=row, key=key, reason=reason, excerpt=(excerpt or "")[:EXCERPT_MAX])
 
 
 def conform(rows: list[dict], schema: pa.Schema) -> pa.Table:

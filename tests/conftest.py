@@ -39,3 +39,59 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def write_run_inputs(folder: Path, n_test: int = 25) -> tuple[Path, Path, set[str]]:
+    """examples/captions.tsv split into a CC-format TSV (train) and a COCO captions JSON (test)."""
+    import json
+
+    lines = [ln for ln in (REPO / "examples" / "captions.tsv").read_text(encoding="utf-8").splitlines()
+             if ln.count("\t") == 1]
+    test, train = lines[:n_test], lines[n_test:]
+    tsv = folder / "cc_train.tsv"
+    tsv.write_text("".join(f"{ln}\n" for ln in train), encoding="utf-8")
+    coco = {"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg",
+                        "coco_url": f"http://images.cocodataset.org/val2014/COCO_val2014_{i:012d}.jpg"}
+                       for i in range(n_test)],
+            "annotations": [{"id": 1000 + i, "image_id": i, "caption": ln.split("\t")[0]} for i, ln in enumerate(test)]}
+    js = folder / "captions_val.json"
+    js.write_text(json.dumps(coco), encoding="utf-8")
+    return tsv, js, {ln.split("\t")[0] for ln in test}
+
+
+def run_overrides(root: Path, tsv: Path, js: Path) -> dict:
+    """The finished run's config on top of the tiny preset: both sources, bulk in small units."""
+    return {"run": {"root": str(root)},
+            "ingest": {"sources": [{"name": "coco_val", "path": str(js), "split": "test"},
+                                   {"name": "cc", "path": str(tsv), "split": "train"}]},
+            "bulk": {"unit_rows": 8}, "negatives": {"unit_rows": 16}}
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_models):
+    """One tiny-preset run, ingest to export, through the Prefect flow (a temporary local server):
+    the slow tests read it or copy it instead of building their own."""
+    from flows.build import build_hierarcaps
+    from pipeline.config import load_config
+    from pipeline.runner import default_run_id
+    from pipeline.store import RunStore
+
+    folder = tmp_path_factory.mktemp("finished_run")
+    tsv, js, test_caps = write_run_inputs(folder)
+    cfg = load_config("tiny", overrides=run_overrides(folder / "art", tsv, js))
+    result = build_hierarcaps(config=cfg.model_dump(mode="json"))
+    store = RunStore(cfg.run.root, default_run_id(cfg))
+    return {"config": cfg, "store": store, "result": result, "test_captions": test_caps, "inputs": (tsv, js)}
+
+
+def copy_run(run: dict, dest: Path, run_id: str = "copy"):
+    """A copy of the finished run under another root (same config): a test may change it freely."""
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.store import RunStore
+
+    cfg = load_config(base=run["config"].model_dump(mode="json"), overrides={"run": {"root": str(dest)}})
+    store = RunStore(dest, run_id)
+    shutil.copytree(run["store"].path, store.path)
+    return cfg, store

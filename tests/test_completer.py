@@ -12,24 +12,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from pipeline.models.tokenizers import T5_SPECIALS, t5_tokenizer, train_bpe  # noqa: E402
-from pipeline.backends.completer import (  # noqa: E402
+from pipeline.chain import split_tiers  # noqa: E402
+from pipeline.completer import (  # noqa: E402
     Completer,
-    CompleterConfig,
     GenConfig,
     PairFormat,
-    chain_links_valid,
+    TrainConfig,
     make_training_pairs,
-    split_chain,
     train_completer,
-    validity_rate,
-    validity_report,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -92,12 +88,19 @@ def state_hash(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def small_cfg(model: Path, **kw) -> CompleterConfig:
-    base = dict(model=str(model), lr=3e-3, max_steps=12, batch_size=8, grad_accum=2, warmup=2,
-                eval_fraction=0.1, save_every_steps=4, seed=3, max_source_len=48,
-                max_target_len=48, gen=GenConfig(max_new_tokens=24, batch_size=4))
+SEED = 3
+GEN = GenConfig(max_new_tokens=24, batch_size=4, device="cpu")
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(lr=3e-3, max_steps=12, batch_size=8, grad_accum=2, warmup_ratio=0.17,
+                eval_fraction=0.1, save_every_steps=4, max_source_len=48, max_target_len=48)
     base.update(kw)
-    return CompleterConfig(**base)
+    return TrainConfig(**base)
+
+
+def train(pairs, model: Path, cfg: TrainConfig, out, **kw) -> dict:
+    return train_completer(pairs, str(model), cfg, out, seed=SEED, **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,15 +120,14 @@ def test_pairs_both_directions_and_root():
         ("specify: blue bird sitting on top of branch",
          "A blue bird sitting on the top of a branch."),
     ]
-    assert split_chain(pairs[0][1]) == chain[:3]
+    assert split_tiers(pairs[0][1]) == chain[:3]
     no_cap = make_training_pairs([chain], PairFormat(include_caption_target=False,
                                                      include_root=False))
     assert [s for s, _ in no_cap] == ["generalize: A blue bird sitting on the top of a branch.",
                                       "specify: bird", "specify: blue bird"]
-    custom = make_training_pairs([chain], PairFormat(generalize_prefix="up: ",
-                                                     specify_prefix="down: ", target_join=" | "))
+    custom = make_training_pairs([chain], PairFormat(generalize_prefix="up: ", specify_prefix="down: "))
     assert custom[0] == ("up: A blue bird sitting on the top of a branch.",
-                         "bird | blue bird | blue bird sitting on top of branch")
+                         "bird => blue bird => blue bird sitting on top of branch")
     assert custom[1] == ("down: ", "bird")
 
 
@@ -136,10 +138,10 @@ def test_pairs_reject_bad_chain():
         make_training_pairs([["a", "b => c", "c", "d"]])
 
 
-def test_split_chain():
-    assert split_chain(" a =>b  =>  c d ") == ["a", "b", "c d"]
-    assert split_chain("a => => b") == ["a", "b"]
-    assert split_chain("") == []
+def test_split_tiers():
+    assert split_tiers(" a =>b  =>  c d ") == ["a", "b", "c d"]
+    assert split_tiers("a => => b") == ["a", "", "b"]   # empty parts kept, so a check can name them
+    assert split_tiers("") == [""]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,13 +151,13 @@ def test_split_chain():
 @pytest.fixture(scope="session")
 def trained(tiny_t5, tmp_path_factory):
     pairs = make_training_pairs(synthetic_chains())
-    cfg = small_cfg(tiny_t5, max_steps=40, save_every_steps=0)
+    cfg = small_cfg(max_steps=40, save_every_steps=0)
     calls = []
     out = tmp_path_factory.mktemp("trained")
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        m = train_completer(pairs, cfg, out, progress=lambda d, t: calls.append((d, t)))
+        m = train(pairs, tiny_t5, cfg, out, progress=lambda d, t: calls.append((d, t)))
     finally:
         torch.set_num_threads(n)
     return {"metrics": m, "calls": calls, "out": out, "cfg": cfg, "pairs": pairs}
@@ -178,7 +180,7 @@ def test_training_reduces_loss_and_saves(trained, tiny_t5):
     tok = AutoTokenizer.from_pretrained(model_dir)
     assert tok.pad_token_id == 0
     # rerun of a finished run returns the stored metrics without training
-    again = train_completer(pairs, cfg, trained["out"])
+    again = train(pairs, tiny_t5, cfg, trained["out"])
     assert again["fingerprint"] == m["fingerprint"] and again["steps"] == 40
 
 
@@ -189,14 +191,14 @@ def _train_child(model: str, out: str, sleep: float) -> None:  # runs in a subpr
     def slow(done, total):
         time.sleep(sleep)
 
-    train_completer(pairs, small_cfg(Path(model)), out, progress=slow)
+    train(pairs, Path(model), small_cfg(), out, progress=slow)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tiny_t5, tmp_path):
     pairs = make_training_pairs(synthetic_chains())
-    cfg = small_cfg(tiny_t5)  # 12 steps, checkpoint every 4, dropout on (RNG state matters)
+    cfg = small_cfg()  # 12 steps, checkpoint every 4, dropout on (RNG state matters)
 
-    ref = train_completer(pairs, cfg, tmp_path / "ref")
+    ref = train(pairs, tiny_t5, cfg, tmp_path / "ref")
     ref_hash = state_hash(tmp_path / "ref" / "model")
 
     run = tmp_path / "killed"
@@ -228,7 +230,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_t5, tmp_path):
     assert 4 <= steps_done < 12
 
     calls = []
-    resumed = train_completer(pairs, cfg, run, progress=lambda d, t: calls.append(d))
+    resumed = train(pairs, tiny_t5, cfg, run, progress=lambda d, t: calls.append(d))
     assert calls[0] == steps_done + 1  # really resumed, did not restart
     assert resumed["steps"] == 12
     assert state_hash(run / "model") == ref_hash
@@ -241,14 +243,13 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_t5, tmp_path):
 
     shutil.copytree(run / "checkpoints", other / "checkpoints")
     with pytest.raises(ValueError, match="fingerprint"):
-        train_completer(pairs[:-5], cfg, other)
+        train(pairs[:-5], tiny_t5, cfg, other)
 
 
 def test_lora_trains_and_saves_merged(tiny_t5, tmp_path):
     pairs = make_training_pairs(synthetic_chains())
-    cfg = small_cfg(tiny_t5, lora=True, lora_r=4, lora_alpha=8, lr=1e-2, max_steps=15,
-                    save_every_steps=0)
-    m = train_completer(pairs, cfg, tmp_path / "lora")
+    cfg = small_cfg(lora=True, lora_r=4, lora_alpha=8, lr=1e-2, max_steps=15, save_every_steps=0)
+    m = train(pairs, tiny_t5, cfg, tmp_path / "lora")
     assert m["eval_loss"] < m["eval_loss_initial"]
     model_dir = tmp_path / "lora" / "model"
     assert not (model_dir / "adapter_config.json").exists()
@@ -268,8 +269,8 @@ def test_lora_trains_and_saves_merged(tiny_t5, tmp_path):
 
 
 def test_generation_order_restored_under_bucketing(trained):
-    cfg = trained["cfg"].model_copy(update={"gen": GenConfig(max_new_tokens=12, batch_size=3)})
-    comp = Completer(trained["out"] / "model", cfg, device="cpu")
+    comp = Completer(trained["out"] / "model", GenConfig(max_new_tokens=12, batch_size=3, device="cpu"))
+    assert comp.max_source_len == 48 and comp.format == PairFormat()   # as distill saved them
     chains = synthetic_chains()
     caps = [c[3] for c in chains[::3]] + ["A dog.", "A red bus driving down a road", "bird"]
     batched = comp.generalize(caps)
@@ -290,27 +291,3 @@ def test_generation_order_restored_under_bucketing(trained):
     comp.generalize(caps, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (len(caps), len(caps)) and len(seen) == -(-len(caps) // 3)
     assert comp.generalize([]) == []
-
-
-def test_validity_rate_with_fake_scorer():
-    held = [["bird", "blue bird", "blue bird on branch", "A blue bird on a branch."],
-            ["car", "red car", "red car parked", "A red car parked outside."]]
-
-    def gen(captions):
-        return ["bird => blue bird => blue bird on branch", "car => garbage"]
-
-    def score(prem, hyp):
-        # entailed iff every word of the hypothesis occurs in the premise
-        e = np.array([float(set(h.lower().split()) <= set(p.lower().rstrip(".").split()))
-                      for p, h in zip(prem, hyp)])
-        return np.stack([e, 1 - e, np.zeros_like(e)], axis=1)
-
-    rep = validity_report(gen, held, score, threshold=0.5)
-    assert rep == {"validity_rate": 0.5, "n": 2, "n_valid": 1, "n_malformed": 1,
-                   "exact_match": 0.5}
-    assert validity_rate(gen, held, score) == 0.5
-    ok = chain_links_valid([["a", "a b", "a b c", "a b c d"], ["a", "x", "a b c", "a b c d"]],
-                           score)
-    assert ok.tolist() == [True, False]
-    with pytest.raises(ValueError, match="shape"):
-        chain_links_valid([["a", "a", "a", "a"]], lambda p, h: np.zeros((len(p), 2)))

@@ -20,7 +20,7 @@ def test_curation_export_edit_import(tmp_path):
     store = RunStore(cfg.run.root, "c")
     run_stages(cfg, store, ["ingest"])
     out = tmp_path / "curate.csv"
-    assert export_for_curation(store, cfg, out) == 3
+    assert export_for_curation(store, cfg.export, out) == 3
     rows = list(csv.DictReader(open(out, newline="")))
     assert list(rows[0]) == HEADER and rows[0]["tier2"] == "blue bird"
     rows[0]["tier3"] = "blue bird sitting on a branch"      # a correction
@@ -30,13 +30,13 @@ def test_curation_export_edit_import(tmp_path):
         w = csv.DictWriter(f, HEADER)
         w.writeheader()
         w.writerows(rows)
-    m = import_curation(store, cfg, out)
+    m = import_curation(store, cfg.export, out)
     assert (m["rows_in"], m["rows_out"], m["rows_rejected"], m["dropped"], m["edited"]) == (3, 1, 2, 1, 1)
     rej = store.stage("curated").read_rejects().to_pylist()
-    assert [(r["row"], r["reason"]) for r in rej] == [(3, "dropped by curator"), (4, "empty tier 1")]
+    assert [(r["row"], r["reason"]) for r in rej] == [(3, "dropped by curator"), (4, "tier 1 is empty")]
     final = list(csv.reader(open(store.stage("curated").path / "hierarcaps_test.csv", newline="")))
     assert final == [["id", "captions", "image_url"],
                      ["0", "bird => blue bird => blue bird sitting on a branch => A blue bird on a branch.", "http://i/0.jpg"]]
     with pytest.raises(StageError, match="missing columns"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
-        import_curation(store, cfg, tmp_path / "bad.csv")
+        import_curation(store, cfg.export, tmp_path / "bad.csv")

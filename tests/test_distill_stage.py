@@ -4,32 +4,33 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.backends.completer import chain_problem
+from conftest import copy_run
+from pipeline.chain import chain_problem
 from pipeline.config import load_config
 from pipeline.runner import run_stages
-from pipeline.store import RunStore
 
 
 def test_chain_problem_reasons():
     assert chain_problem(["bird", "blue bird", "blue bird on branch", "A blue bird on a branch."]) is None
     assert "separator" in chain_problem(["bird", "be => blue bird", "blue bird on branch", "A blue bird."])
-    assert "4 non-empty tiers" in chain_problem(["bird", "", "blue bird on branch", "A blue bird."])
-    assert "4 non-empty tiers" in chain_problem(["bird", "A blue bird."])
+    assert chain_problem(["bird", "", "blue bird on branch", "A blue bird."]) == "tier 2 is empty"
+    assert chain_problem(["bird", "A blue bird."]) == "expected 4 tiers, got 2"
 
 
 @pytest.mark.slow
-def test_distill_rejects_unusable_chains(tmp_path):
-    cfg = load_config("tiny", overrides=[f"run.root={tmp_path}", "seed.max_captions=16", "distill.max_steps=2",
-                                         "distill.eval_fraction=0"])
-    store = RunStore(cfg.run.root, "t")
-    run_stages(cfg, store, ["ingest", "seed", "nli_filter"])
-    seeds = store.stage("seed").read().to_pylist()[:2]
-    assert len(seeds) == 2, "the tiny LLM parsed fewer than 2 seed chains"
+def test_distill_rejects_unusable_chains(finished_run, tmp_path):
+    cfg, store = copy_run(finished_run, tmp_path)
+    cfg = load_config(base=cfg.model_dump(mode="json"), overrides=["distill.max_steps=2", "distill.eval_fraction=0"])
+    seeds = store.stage("nli_filter").read().to_pylist()[:2]
+    assert len(seeds) == 2, "the finished run accepted fewer than 2 seed chains"
     # two accepted chains, one of them from an older run, written before the parser refused '=>'
     # inside a tier
     seeds[1]["positive"] = ["be => animal", *seeds[1]["positive"][1:]]
-    part = store.stage("nli_filter").data_files()[0]
-    pq.write_table(pa.Table.from_pylist(seeds, schema=pq.read_schema(part)), part)
+    files = store.stage("nli_filter").data_files()
+    for f in files[1:]:
+        f.unlink()
+    pq.write_table(pa.Table.from_pylist(seeds, schema=pq.read_schema(files[0])), files[0])
+    store.stage("augment").clear()                                     # distill reads only nli_filter now
     m = run_stages(cfg, store, ["distill"])[0]
     assert (m["rows_in"], m["rows_out"], m["rows_rejected"]) == (2, 1, 1), m
     rej = store.stage("distill").read_rejects().to_pylist()

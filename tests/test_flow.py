@@ -1,18 +1,11 @@
-"""The whole flow, ingest to export, on the tiny preset over 200 captions from ../shared."""
+"""The whole flow, ingest to export, through Prefect on the tiny preset (the session's finished run:
+95 CC-format train captions and 25 COCO-format test captions)."""
 
 import csv
-import gzip
-import json
 
-import pytest
-
-from pipeline import N_TIERS, TIER_SEP
-from pipeline.config import load_config
+from pipeline.chain import N_TIERS, TIER_SEP
 from pipeline.registry import default_stages
-from pipeline.runner import default_run_id, status_rows
-from pipeline.store import RunStore
-
-from _shared import EXPANDED, TEST_CSV, needs_shared
+from pipeline.runner import status_rows
 
 
 def official_reader(path):
@@ -25,47 +18,24 @@ def official_reader(path):
     return rows
 
 
-def write_inputs(tmp_path, n_train=150, n_test=50):
-    with open(TEST_CSV, newline="", encoding="utf-8") as f:
-        test = list(csv.DictReader(f))
-    test_caps = {r["captions"].split(TIER_SEP)[-1] for r in test}
-    with gzip.open(EXPANDED, "rt", encoding="utf-8", newline="") as f:
-        train = [r for r in csv.DictReader(f) if r["positive"].split(TIER_SEP)[-1] not in test_caps]
-    tsv = tmp_path / "cc_sample.tsv"
-    with open(tsv, "w", encoding="utf-8") as f:
-        for r in train[:n_train]:
-            cap = " ".join(r["positive"].split(TIER_SEP)[-1].split())   # one line per caption
-            f.write(f"{cap}\t{r['image_url']}\n")
-    coco = {"images": [], "annotations": []}
-    for i, r in enumerate(test[:n_test]):
-        coco["images"].append({"id": i, "file_name": r["image_url"].rsplit("/", 1)[-1], "coco_url": r["image_url"]})
-        coco["annotations"].append({"id": 1000 + i, "image_id": i, "caption": r["captions"].split(TIER_SEP)[-1]})
-    js = tmp_path / "captions_val.json"
-    js.write_text(json.dumps(coco))
-    return tsv, js, test_caps
-
-
-@needs_shared
-@pytest.mark.slow
-def test_flow_tiny_end_to_end(tmp_path):
+def test_flow_tiny_end_to_end(finished_run):
     from flows.build import build_hierarcaps
 
-    tsv, js, test_caps = write_inputs(tmp_path)
-    cfg = load_config("tiny", overrides={
-        "run": {"root": str(tmp_path / "art")},
-        "ingest": {"sources": [{"name": "coco_val", "path": str(js), "split": "test"},
-                               {"name": "cc", "path": str(tsv), "split": "train"}]},
-    })
-    result = build_hierarcaps(config=cfg.model_dump(mode="json"))
-    store = RunStore(cfg.run.root, default_run_id(cfg))
+    cfg, store, result = finished_run["config"], finished_run["store"], finished_run["result"]
+    test_caps = finished_run["test_captions"]
     assert result["run_id"] == store.run_id
     st = {r["stage"]: r for r in status_rows(cfg, store)}
     assert all(st[s]["status"] == "done" for s in default_stages()), st
     assert st["align"]["status"] == st["bench"]["status"] == "missing"        # off by default
-    assert st["ingest"]["rows_in"] == 200
-    for s in ("ingest", "seed", "nli_filter", "bulk", "negatives"):
+    assert st["ingest"]["rows_in"] == 120
+    for s in ("ingest", "seed", "nli_filter", "bulk", "export"):
         assert st[s]["rows_in"] == st[s]["rows_out"] + st[s]["rows_rejected"], s
+    assert st["seed"]["rows_rejected"] > 0 and st["bulk"]["rows_rejected"] > 0          # stages that reject do
     assert st["nli_filter"]["rows_out"] > 0 and st["nli_filter"]["rows_rejected"] > 0   # accepts some, rejects some
+    chains = store.stage("negatives").read().to_pylist()
+    assert len(chains) == st["bulk"]["rows_out"]                                        # one item per bulk chain
+    assert all((c["negative"] is not None) == bool(c["neg_scores"]) for c in chains)
+    assert all(c["neg_missing_reason"] or all(c["negative"]) for c in chains)
     ex = store.stage("export").path
     train = official_reader(ex / "hierarcaps_train.csv")
     assert train and all(r["image_url"].startswith("http") for r in train)

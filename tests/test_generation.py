@@ -19,17 +19,17 @@ from pipeline.backends.common import (  # noqa: E402
     run_in_subprocess,
 )
 from pipeline.models.tokenizers import train_bpe  # noqa: E402
+from pipeline.backends.factory import make_generator  # noqa: E402
 from pipeline.backends.generation import (  # noqa: E402
     GeneratorConfig,
     GenRequest,
     SamplingConfig,
-    SubprocessGenerator,
     TextGenerator,
-    TransformersGenerator,
-    make_generator,
     render_prompts,
     truncate_at_stop,
 )
+from pipeline.backends.subprocess_engine import SubprocessGenerator  # noqa: E402
+from pipeline.backends.transformers_engine import TransformersGenerator  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,7 +76,7 @@ def tiny_lm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(tiny_lm):
-    g = make_generator("transformers", tiny_lm, GeneratorConfig(device="cpu", batch_size=3))
+    g = make_generator(GeneratorConfig(model=tiny_lm, device="cpu", batch_size=3))
     yield g
     g.close()
 
@@ -93,9 +93,9 @@ GREEDY = SamplingConfig(temperature=0.0, max_tokens=8)
 
 def test_protocol_and_shapes(gen):
     assert isinstance(gen, TextGenerator)
-    out = gen.generate(_reqs(5), SamplingConfig(n=3, temperature=1.0, max_tokens=6, seed=1))
+    out = gen.generate(_reqs(5), SamplingConfig(n=3, temperature=1.0, max_tokens=6, random_seed=1))
     assert len(out) == 5 and all(len(o) == 3 and all(isinstance(t, str) for t in o) for o in out)
-    assert gen.generate([]) == []
+    assert gen.generate([], GREEDY) == []
 
 
 def test_order_restored_under_bucketing(gen):
@@ -184,7 +184,7 @@ def test_config_validation():
     with pytest.raises(ValueError):
         GenRequest(messages=[{"content": "x"}])
     with pytest.raises(ValueError, match="engine"):
-        make_generator("tgi", "m")  # type: ignore[arg-type]
+        GeneratorConfig(engine="tgi", model="m")  # type: ignore[arg-type]
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
 
@@ -200,7 +200,7 @@ def test_length_buckets_roundtrip():
 def test_vllm_engine_missing_is_clear(tiny_lm, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, installed or not
     with pytest.raises(ImportError, match="gpu"):
-        make_generator("vllm", tiny_lm, GeneratorConfig())
+        make_generator(GeneratorConfig(engine="vllm", model=tiny_lm))
 
 
 def test_run_in_subprocess():
@@ -213,8 +213,8 @@ def test_run_in_subprocess():
 def test_subprocess_generator_matches_inprocess(tiny_lm, gen, monkeypatch):
     reqs = _reqs(3)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cfg = GeneratorConfig(device="cpu", batch_size=3, subprocess=True)
-    sub = make_generator("transformers", tiny_lm, cfg)
+    cfg = GeneratorConfig(model=tiny_lm, device="cpu", batch_size=3, subprocess=True)
+    sub = make_generator(cfg)
     assert isinstance(sub, SubprocessGenerator)
     try:
         assert sub.generate(reqs, GREEDY) == gen.generate(reqs, GREEDY)
@@ -224,7 +224,7 @@ def test_subprocess_generator_matches_inprocess(tiny_lm, gen, monkeypatch):
     with pytest.raises(RuntimeError, match="closed"):
         sub.generate(reqs, GREEDY)
     with pytest.raises(SubprocessError, match="required"):
-        SubprocessGenerator("transformers", GeneratorConfig(device="cpu"))
+        SubprocessGenerator(GeneratorConfig(device="cpu"))
 
 
 def test_stage_engine_gets_the_prompt_stop_strings(tiny_models):
@@ -232,14 +232,15 @@ def test_stage_engine_gets_the_prompt_stop_strings(tiny_models):
     # transformers alike), on top of any stop strings the config adds
     from pipeline.config import load_config
     from pipeline.prompts import load_prompt
-    from pipeline.stages.common import make_generator as stage_generator
+    from pipeline.stages.common import call_sampling
 
-    cfg = load_config("tiny", overrides=['seed.sampling.stop=["###", "\\n"]'])
-    gen = stage_generator(cfg, cfg.seed.sampling, load_prompt("seed_tier"))
+    cfg = load_config("tiny", overrides=['seed.sampling.stop=["###", "\\n"]', "run.random_seed=5"])
+    sampling = call_sampling(cfg.seed.sampling, load_prompt("seed_tier"), cfg.run.random_seed)
+    assert sampling.stop == ["###", "\n"] and sampling.random_seed == 5
+    gen = TransformersGenerator(GeneratorConfig(model=tiny_models["llama"], device="cpu"))
     try:
-        assert gen.cfg.sampling.stop == ["###", "\n"]
-        assert gen.generate_kwargs(gen.cfg.sampling)["stop_strings"] == ["###", "\n"]
-        assert gen.cfg.sampling.regex is None  # structured output is opt-in
+        assert gen.generate_kwargs(sampling)["stop_strings"] == ["###", "\n"]
+        assert sampling.regex is None  # structured output is opt-in
     finally:
         gen.close()
 
@@ -248,15 +249,13 @@ def test_structured_output_takes_the_prompt_regex(tiny_models, tmp_path):
     from pipeline.config import load_config
     from pipeline.prompts import PromptError, load_exemplars, load_prompt
     from pipeline.stage import StageError
-    from pipeline.stages.common import make_generator as stage_generator
+    from pipeline.stages.common import call_sampling
 
     cfg = load_config("tiny", overrides=["seed.sampling.structured=true"])
     chain = load_prompt("seed_chain")
-    gen = stage_generator(cfg, cfg.seed.sampling, chain)
-    try:
-        assert gen.cfg.sampling.regex == chain.regex
-    finally:
-        gen.close()
+    assert call_sampling(cfg.seed.sampling, chain, 0).regex == chain.regex
+    mine = cfg.seed.sampling.model_copy(update={"regex": "1\\. .+"})   # an explicit regex wins
+    assert call_sampling(mine, chain, 0).regex == "1\\. .+"
     # every template's regex accepts its own answers to the hand-written exemplars
     for ex in load_exemplars():
         t1, t2, t3 = ex["positive"][:3]
@@ -267,7 +266,7 @@ def test_structured_output_takes_the_prompt_regex(tiny_models, tmp_path):
     bare = tmp_path / "bare.yaml"
     bare.write_text("id: bare\nsystem: s\nuser: '{caption}'\n")
     with pytest.raises(StageError, match="bare.yaml.*no 'regex'"):
-        stage_generator(cfg, cfg.seed.sampling, load_prompt(str(bare)))
+        call_sampling(cfg.seed.sampling, load_prompt(str(bare)), 0)
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: bad\nsystem: s\nuser: '{caption}'\nregex: '1\\. ['\n")
     with pytest.raises(PromptError, match="bad.yaml.*regex"):

@@ -15,12 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pipeline import prompts as P  # noqa: E402
-from pipeline.backends.generation import (  # noqa: E402
-    GeneratorConfig,
-    SamplingConfig,
-    TransformersGenerator,
-    make_generator,
-)
+from pipeline.backends.factory import make_generator  # noqa: E402
+from pipeline.backends.generation import GeneratorConfig, SamplingConfig  # noqa: E402
+from pipeline.backends.transformers_engine import TransformersGenerator  # noqa: E402
 
 from _shared import UNSEEN  # noqa: E402
 
@@ -71,7 +68,7 @@ def test_static_cache_and_compile_match_plain_on_cuda(tiny_models):
 def test_sampling_n_and_seeds_on_cuda(tiny_models):
     gen = TransformersGenerator(GeneratorConfig(model=tiny_models["llama"], device="cuda"))
     try:
-        samp = SamplingConfig(n=3, temperature=0.8, top_p=0.95, max_tokens=24, seed=7)
+        samp = SamplingConfig(n=3, temperature=0.8, top_p=0.95, max_tokens=24, random_seed=7)
         a = gen.generate(_requests(), samp)
         b = gen.generate(_requests(), samp)
     finally:
@@ -83,8 +80,7 @@ def test_sampling_n_and_seeds_on_cuda(tiny_models):
 def test_engine_process_gives_gpu_memory_back(tiny_models):
     torch.cuda.init()
     free0, _ = torch.cuda.mem_get_info()
-    gen = make_generator("transformers", tiny_models["llama"],
-                         GeneratorConfig(device="cuda", subprocess=True))
+    gen = make_generator(GeneratorConfig(model=tiny_models["llama"], device="cuda", subprocess=True))
     try:
         out = gen.generate(_requests()[:2], GREEDY)
         held = free0 - torch.cuda.mem_get_info()[0]
@@ -116,11 +112,10 @@ def test_nli_scorer_half_precision_matches_cpu(tiny_models):
 
 
 def test_completer_cuda_matches_cpu(tiny_models):
-    from pipeline.backends.completer import Completer, CompleterConfig, GenConfig
+    from pipeline.completer import Completer, GenConfig
 
-    cfg = CompleterConfig(model=tiny_models["t5"], bf16=False, gen=GenConfig(max_new_tokens=40))
-    cpu = Completer(tiny_models["t5"], cfg, device="cpu").generalize(CAPTIONS)
-    h = Completer(tiny_models["t5"], cfg, device="cuda")
+    cpu = Completer(tiny_models["t5"], GenConfig(max_new_tokens=40, device="cpu")).generalize(CAPTIONS)
+    h = Completer(tiny_models["t5"], GenConfig(max_new_tokens=40, device="cuda", dtype="float32"))
     gpu = h.generalize(CAPTIONS)
     h.close()
     assert _agreement(cpu, gpu) >= 0.75, list(zip(cpu, gpu))

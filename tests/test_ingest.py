@@ -8,7 +8,8 @@ import pytest
 from pipeline.config import load_config
 from pipeline.io.readers import ReaderError, read_source
 from pipeline.registry import get_stage
-from pipeline.stage import StageError, run_stage
+from pipeline.execute import run_stage
+from pipeline.stage import StageError
 from pipeline.store import RunStore
 
 
@@ -16,7 +17,7 @@ def ingest(tmp_path, sources, **ingest_over):
     cfg = load_config("tiny", overrides={"run": {"root": str(tmp_path / "art")},
                                          "ingest": {"sources": sources, **ingest_over}})
     store = RunStore(cfg.run.root, "t")
-    m = run_stage(get_stage("ingest"), cfg, store)
+    m = run_stage(get_stage("ingest", cfg), store)
     sd = store.stage("ingest")
     return m, sd.read().to_pylist(), sd.read_rejects().to_pylist()
 
@@ -51,8 +52,8 @@ def test_cc_tsv_edge_cases(tmp_path):
     assert got[7] == "near-duplicate (normalised) of cc row 1"
     assert got[8].startswith("caption longer than 1000")
     assert got[9] == "empty caption"
-    assert got[11] == "invalid UTF-8" and "\\xff" in [r for r in rej if r["row"] == 11][0]["raw"]
-    assert all(r["source"] == str(p) for r in rej)
+    assert got[11] == "invalid UTF-8" and "\\xff" in [r for r in rej if r["row"] == 11][0]["excerpt"]
+    assert all(r["origin"] == str(p) for r in rej)
     assert m["rows_in"] == 11 == m["rows_out"] + m["rows_rejected"]
 
 
@@ -105,7 +106,7 @@ def test_hierarcaps_csv_formats(tmp_path):
     assert rows[0]["positive"] == ["bird", "blue bird", "blue bird on branch", "A blue bird on a branch."]
     assert rows[0]["text"] == "A blue bird on a branch." and rows[0]["orig_id"] == "0"
     assert rows[1]["negative"] == ["x", "y", "c z", "e f q"]
-    assert reasons(rej) == [(3, "positive chain must have 4 non-empty tiers, got 2")]
+    assert reasons(rej) == [(3, "positive chain: expected 4 tiers, got 2")]
 
 
 def test_whole_file_errors_name_the_file(tmp_path):

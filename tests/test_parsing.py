@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.parsing import ParseConfig, normalize_tier, parse_chain, parse_tier, word_count
+from pipeline.chain import ChainRules, word_count
+from pipeline.parsing import normalize_tier, parse_chain, parse_tier
 
 CAP = "A blue bird sitting on the top of a branch with autumn leaves."
 GOOD = ["bird", "blue bird", "blue bird sitting on top of branch"]
@@ -107,14 +108,14 @@ def test_strict_lengths_config():
     raw = "animal => dog => dog running on grass"
     cap = "A brown dog running across a grassy field."
     assert parse_chain(raw, cap).ok
-    r = parse_chain(raw, cap, ParseConfig(strict_lengths=True))
+    r = parse_chain(raw, cap, ChainRules(strict_lengths=True))
     assert not r.ok and "not shorter" in r.reason
 
 
 def test_max_words_config():
     raw = "1. bird\n2. blue bird\n3. blue bird sitting on top of branch"
-    assert not parse_chain(raw, CAP, ParseConfig(max_words=(3, 8, 4))).ok
-    assert parse_chain(raw, CAP, ParseConfig(max_words=(1, 2, 7))).ok
+    assert not parse_chain(raw, CAP, ChainRules(max_words=(3, 8, 4))).ok
+    assert parse_chain(raw, CAP, ChainRules(max_words=(1, 2, 7))).ok
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_normalize_tier():
     assert normalize_tier("NYC skyline.") == "NYC skyline"
 
 
-def _check_result(r, caption, cfg=ParseConfig()):
+def _check_result(r, caption, cfg=ChainRules()):
     assert (r.tiers is None) != (r.reason is None)
     if r.tiers is None:
         assert isinstance(r.reason, str) and r.reason

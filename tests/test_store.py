@@ -10,7 +10,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.registry import get_stage
 from pipeline.runner import status_rows
-from pipeline.stage import run_stage
+from pipeline.execute import run_stage
 from pipeline.store import RunStore
 
 from _shared import REPO
@@ -33,20 +33,20 @@ def test_manifest_cache_hit_force_and_stale(tmp_path):
     write_tsv(tsv, 100)
     cfg = make_cfg(tmp_path, tsv, unit_rows=30)
     store = RunStore(cfg.run.root, "r")
-    m1 = run_stage(get_stage("ingest"), cfg, store)
+    m1 = run_stage(get_stage("ingest", cfg), store)
     assert not m1["cache_hit"] and m1["units"] == 4
     assert m1["rows_in"] == 100 == m1["rows_out"] + m1["rows_rejected"]
-    for k in ("key", "config_hash", "upstream", "versions", "seed", "wall_s", "schema_version", "stage_version"):
+    for k in ("key", "config_hash", "upstream", "versions", "random_seed", "params", "wall_s", "schema_version", "stage_version"):
         assert k in m1
-    assert run_stage(get_stage("ingest"), cfg, store)["cache_hit"]
-    m3 = run_stage(get_stage("ingest"), cfg, store, force=True)
+    assert run_stage(get_stage("ingest", cfg), store)["cache_hit"]
+    m3 = run_stage(get_stage("ingest", cfg), store, force=True)
     assert not m3["cache_hit"] and m3["rows_out"] == m1["rows_out"]
     # a config change makes the stage stale, and export (downstream) stale after a rerun
-    run_stage(get_stage("export"), cfg, store)
+    run_stage(get_stage("export", cfg), store)
     cfg2 = make_cfg(tmp_path, tsv, unit_rows=30, dedup="exact")
     st = {r["stage"]: r["status"] for r in status_rows(cfg2, store)}
     assert st["ingest"] == "stale"
-    run_stage(get_stage("ingest"), cfg2, store)
+    run_stage(get_stage("ingest", cfg2), store)
     st = {r["stage"]: r["status"] for r in status_rows(cfg2, store)}
     assert st == {**st, "ingest": "done", "export": "stale"}
     # an edited input file changes the key as well
@@ -59,14 +59,14 @@ def test_partial_status_and_orphan_cleanup(tmp_path):
     write_tsv(tsv, 50)
     cfg = make_cfg(tmp_path, tsv, unit_rows=10)
     store = RunStore(cfg.run.root, "r")
-    run_stage(get_stage("ingest"), cfg, store)
+    run_stage(get_stage("ingest", cfg), store)
     sd = store.stage("ingest")
     sd.invalidate()                               # as if killed before the manifest
     sd.unit_path(4).unlink()                      # ... and during the last unit
     (sd.path / ".part-00004.parquet.tmp-1").write_bytes(b"junk")
     row = {r["stage"]: r for r in status_rows(cfg, store)}["ingest"]
     assert row["status"] == "partial" and row["rows_in"] == 40
-    m = run_stage(get_stage("ingest"), cfg, store)
+    m = run_stage(get_stage("ingest", cfg), store)
     assert m["rows_in"] == 50 and not list(sd.path.glob(".*tmp*"))
 
 
@@ -76,8 +76,8 @@ def test_sigkill_mid_ingest_resumes_exactly(tmp_path):
     write_tsv(tsv, 300_000)
     ref_cfg = make_cfg(tmp_path, tsv, unit_rows=20_000)
     ref = RunStore(ref_cfg.run.root, "ref")
-    run_stage(get_stage("ingest"), ref_cfg, ref)
-    cmd = [sys.executable, "-m", "pipeline.cli", "stage", "ingest", "--preset", "tiny", "--no-prefect",
+    run_stage(get_stage("ingest", ref_cfg), ref)
+    cmd = [sys.executable, "-m", "flows.cli", "stage", "ingest", "--preset", "tiny", "--no-prefect",
            "--root", str(tmp_path / "art"), "--run", "killed",
            "--set", f"ingest.sources=[{{name: cc, path: {tsv}}}]", "--set", "ingest.unit_rows=20000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

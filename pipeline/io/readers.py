@@ -1,6 +1,6 @@
 """Small streaming readers: each yields ``Record`` or ``Bad`` items, one per source row.
 
-Readers never raise on a bad row: they yield ``Bad(row, reason, raw)`` so ingest can write it to
+Readers never raise on a bad row: they yield ``Bad(row, reason, excerpt)`` so ingest can write it to
 rejects. Files are decoded with ``surrogateescape`` so one invalid UTF-8 row does not stop a
 3.3M-line file. Memory stays flat: nothing but COCO JSON (one document) is read whole.
 """
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .. import N_TIERS, TIER_SEP
+from ..chain import chain_problem, split_tiers
 from ..text import has_bad_bytes
 
 csv.field_size_limit(sys.maxsize)
-RAW_MAX = 300
+EXCERPT_MAX = 300
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Record:
 class Bad:
     row: int
     reason: str
-    raw: str = ""
+    excerpt: str = ""            # the offending content, printable, truncated
 
 
 @dataclass
@@ -57,14 +57,14 @@ class ReaderError(Exception):
 def open_text(path: Path) -> io.TextIOBase:
     if not path.exists():
         raise ReaderError(str(path), "file not found")
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    binary = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     # utf-8-sig drops a BOM; surrogateescape keeps invalid bytes visible per row
-    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    return io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
-def _raw(s: str) -> str:
+def _excerpt(s: str) -> str:
     """Printable excerpt; invalid bytes show as \\xNN."""
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:RAW_MAX]
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:EXCERPT_MAX]
 
 
 def detect_format(path: Path) -> str:
@@ -91,14 +91,14 @@ def read_cc_tsv(path: Path, **_) -> Iterator[Record | Bad]:
         for row, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if has_bad_bytes(line):
-                yield Bad(row, "invalid UTF-8", _raw(line))
+                yield Bad(row, "invalid UTF-8", _excerpt(line))
                 continue
             if not line.strip():
                 yield Bad(row, "empty line")
                 continue
             parts = line.split("\t")
             if len(parts) != 2:
-                yield Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", _raw(line))
+                yield Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", _excerpt(line))
                 continue
             yield Record(row, parts[0], image_url=parts[1].strip() or None)
 
@@ -121,22 +121,18 @@ def read_coco_json(path: Path, **_) -> Iterator[Record | Bad]:
             images[im["id"]] = im.get("coco_url") or im.get("flickr_url") or im.get("file_name")
     for row, ann in enumerate(doc["annotations"], 1):
         if not isinstance(ann, dict):
-            yield Bad(row, "annotation is not an object", _raw(str(ann)))
+            yield Bad(row, "annotation is not an object", _excerpt(str(ann)))
             continue
         cap = ann.get("caption")
         if not isinstance(cap, str):
-            yield Bad(row, "annotation has no caption string", _raw(json.dumps(ann)))
+            yield Bad(row, "annotation has no caption string", _excerpt(json.dumps(ann)))
             continue
         img = ann.get("image_id")
         if img is not None and images and img not in images:
-            yield Bad(row, f"image_id {img} not in images", _raw(json.dumps(ann)))
+            yield Bad(row, f"image_id {img} not in images", _excerpt(json.dumps(ann)))
             continue
         yield Record(row, cap, image_url=images.get(img), image_id=None if img is None else str(img),
                      orig_id=None if ann.get("id") is None else str(ann["id"]))
-
-
-def _split_tiers(value: str) -> list[str]:
-    return [t.strip() for t in value.split(TIER_SEP.strip())]
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
@@ -161,7 +157,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                 yield line, None, "empty line"
                 continue
             if len(values) != len(header):
-                yield line, None, f"expected {len(header)} columns {header}, got {len(values)}|" + _raw(",".join(values))
+                yield line, None, f"expected {len(header)} columns {header}, got {len(values)}|" + _excerpt(",".join(values))
                 continue
             yield line, dict(zip(header, values)), None
 
@@ -170,36 +166,36 @@ def read_hierarcaps_csv(path: Path, **_) -> Iterator[Record | Bad]:
     """HierarCaps test (``id,captions,image_url``) or train/expanded (``positive,negative[,image_url]``)."""
     for line, rec, err in _csv_rows(path):
         if err:
-            reason, _, raw = err.partition("|")
-            yield Bad(line, reason, raw)
+            reason, _, excerpt = err.partition("|")
+            yield Bad(line, reason, excerpt)
             continue
         if any(has_bad_bytes(v) for v in rec.values()):
-            yield Bad(line, "invalid UTF-8", _raw(",".join(rec.values())))
+            yield Bad(line, "invalid UTF-8", _excerpt(",".join(rec.values())))
             continue
         pos_field = "captions" if "captions" in rec else "positive"
         if pos_field not in rec:
             raise ReaderError(str(path), "not a HierarCaps CSV: needs a 'captions' or 'positive' column")
-        pos = _split_tiers(rec[pos_field])
-        neg = _split_tiers(rec["negative"]) if rec.get("negative") else None
-        if len(pos) != N_TIERS or not all(pos):
-            yield Bad(line, f"positive chain must have {N_TIERS} non-empty tiers, got {len(pos)}", _raw(rec[pos_field]))
+        pos = split_tiers(rec[pos_field])
+        neg = split_tiers(rec["negative"]) if rec.get("negative") else None
+        if why := chain_problem(pos):
+            yield Bad(line, f"positive chain: {why}", _excerpt(rec[pos_field]))
             continue
-        if neg is not None and (len(neg) != N_TIERS or not all(neg)):
-            yield Bad(line, f"negative chain must have {N_TIERS} non-empty tiers, got {len(neg)}", _raw(rec["negative"]))
+        if neg is not None and (why := chain_problem(neg)):
+            yield Bad(line, f"negative chain: {why}", _excerpt(rec["negative"]))
             continue
         yield Record(line, pos[-1], image_url=rec.get("image_url") or None, orig_id=rec.get("id") or None,
                      positive=pos, negative=neg)
 
 
-def _mapped(get, columns: dict[str, str], row: int, raw) -> Record | Bad:
+def _mapped(get, columns: dict[str, str], row: int, record) -> Record | Bad:
     text_col = columns.get("text", "caption")
     text = get(text_col)
     if text is None:
-        return Bad(row, f"missing text column '{text_col}'", _raw(str(raw)))
+        return Bad(row, f"missing text column '{text_col}'", _excerpt(str(record)))
     if not isinstance(text, str):
-        return Bad(row, f"text column '{text_col}' is not a string", _raw(str(raw)))
+        return Bad(row, f"text column '{text_col}' is not a string", _excerpt(str(record)))
     if has_bad_bytes(text):
-        return Bad(row, "invalid UTF-8", _raw(text))
+        return Bad(row, "invalid UTF-8", _excerpt(text))
 
     def opt(name):
         v = get(columns[name]) if name in columns else None
@@ -213,8 +209,8 @@ def read_csv(path: Path, columns: dict[str, str] | None = None, **_) -> Iterator
     columns = columns or {}
     for line, rec, err in _csv_rows(path):
         if err:
-            reason, _, raw = err.partition("|")
-            yield Bad(line, reason, raw)
+            reason, _, excerpt = err.partition("|")
+            yield Bad(line, reason, excerpt)
             continue
         yield _mapped(rec.get, columns, line, rec)
 
@@ -227,15 +223,15 @@ def read_jsonl(path: Path, columns: dict[str, str] | None = None, **_) -> Iterat
                 yield Bad(row, "empty line")
                 continue
             if has_bad_bytes(line):
-                yield Bad(row, "invalid UTF-8", _raw(line))
+                yield Bad(row, "invalid UTF-8", _excerpt(line))
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                yield Bad(row, f"invalid JSON: {e.msg}", _raw(line))
+                yield Bad(row, f"invalid JSON: {e.msg}", _excerpt(line))
                 continue
             if not isinstance(obj, dict):
-                yield Bad(row, "JSON line is not an object", _raw(line))
+                yield Bad(row, "JSON line is not an object", _excerpt(line))
                 continue
             yield _mapped(obj.get, columns, row, line)
 

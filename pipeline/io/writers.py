@@ -7,11 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .. import TIER_SEP
-
-
-def join_tiers(tiers: Iterable[str]) -> str:
-    return TIER_SEP.join(tiers)
+from ..chain import join_tiers
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[list]) -> int:

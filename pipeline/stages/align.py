@@ -6,38 +6,46 @@ CSV / Parquet path; test captions named by ``align.exclude_test_csv`` never ente
 
 from __future__ import annotations
 
-from ..config import PipelineConfig
+from ..config import AlignSection, ExportSection
+from ..hashing import file_digest
 from ..paths import resolve_path
 from ..schemas import CHAINS
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
+from .common import model_key
+
+
+def file_key(path) -> str:
+    p = resolve_path(path)
+    return file_digest(p) if p.is_file() else "missing"
 
 
 class Align(Stage):
     name = "align"
     version = "1"
     inputs = ("export",)
-    config_sections = ("align",)
+    params = {"align": "align", "export": "export"}
     isolated = True
-    kind = "train"
-    description = "RE alignment of a text encoder"
+    align: AlignSection
+    export: ExportSection
 
-    def upstream_names(self, config: PipelineConfig, store: RunStore) -> tuple[str, ...]:
-        return ("export",) if config.align.chains == "export" else ()
+    def upstream_names(self, store: RunStore) -> tuple[str, ...]:
+        return ("export",) if self.align.chains == "export" else ()
 
-    def key_material(self, config: PipelineConfig) -> dict:
-        from ..hashing import file_digest
-
-        c = config.align.chains
-        return {} if c == "export" else {"chains_file": file_digest(resolve_path(c))}
+    def key_material(self) -> dict:
+        a = self.align
+        files = {} if a.chains == "export" else {"chains_file": file_key(a.chains)}
+        if a.exclude_test_csv:
+            files["exclude_test_csv"] = file_key(a.exclude_test_csv)
+        return {**files, **model_key(encoder=a)}
 
     def process(self, ctx: StageContext) -> None:
         from ..align.config import AlignConfig
         from ..align.train import run_align
 
-        cfg = ctx.config.align
+        cfg = self.align
         if cfg.chains == "export":
-            path = ctx.upstream("export").path / f"{ctx.config.export.name}_train.csv"
+            path = ctx.upstream("export").path / f"{self.export.name}_train.csv"
             if not path.exists():
                 raise StageError("align: this run exported no train CSV (no train chains with 4 negatives)")
         else:

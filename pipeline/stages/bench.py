@@ -3,35 +3,50 @@ this run's fine-tuned encoder. Off by default; writes bench.json, bench.md and b
 
 from __future__ import annotations
 
-from ..config import PipelineConfig
+from ..config import AlignSection, BenchSection, ModelRef
+from ..hashing import digest
 from ..paths import resolve_path
 from ..schemas import CHAINS
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
+from .align import file_key
+from .common import model_key
 
 
 class Bench(Stage):
     name = "bench"
     version = "1"
     inputs = ("align",)
-    config_sections = ("bench", "align")
+    params = {"bench": "bench", "align": "align"}
     isolated = True
-    kind = "model"
-    description = "HierarCaps benchmark"
+    bench: BenchSection
+    align: AlignSection
 
-    def upstream_names(self, config: PipelineConfig, store: RunStore) -> tuple[str, ...]:
-        auto = config.bench.finetuned == "auto" and store.stage("align").manifest() is not None
+    def upstream_names(self, store: RunStore) -> tuple[str, ...]:
+        auto = self.bench.finetuned == "auto" and store.stage("align").manifest() is not None
         return ("align",) if auto else ()
+
+    def key_material(self) -> dict:
+        b = self.bench
+        out = model_key(encoder=ModelRef(model=b.model or self.align.model))
+        if b.test_csv:
+            out["test_csv"] = file_key(b.test_csv)
+        if b.images_dir:
+            d = resolve_path(b.images_dir)
+            out["images"] = digest(sorted((p.name, p.stat().st_size) for p in d.iterdir())) if d.is_dir() else "missing"
+        if b.finetuned not in ("auto", "none"):
+            out["finetuned"] = model_key(finetuned=ModelRef(model=str(resolve_path(b.finetuned))))["models"]
+        return out
 
     def process(self, ctx: StageContext) -> None:
         from ..benchmark.evaluate import run_bench
 
-        b, a = ctx.config.bench, ctx.config.align
+        b, a = self.bench, self.align
         if b.test_csv is None:
             raise StageError("bench: set bench.test_csv to the HierarCaps test CSV (id,captions,image_url)")
         finetuned = None
         if b.finetuned == "auto":
-            if self.upstream_names(ctx.config, ctx.store):
+            if self.upstream_names(ctx.store):
                 finetuned = str(ctx.upstream("align").path / "model")
         elif b.finetuned != "none":
             finetuned = str(resolve_path(b.finetuned))

@@ -1,4 +1,4 @@
-"""bulk: H (specific -> general) over every caption of the configured splits, then the NLI filter.
+"""bulk: H (specific -> general) over every caption of the configured splits, then the NLI judge.
 
 The paper runs H over CC train captions (the train set) and COCO val captions (the test pool).
 Captions that arrived with a chain (HierarCaps CSVs) pass through unchanged, so the negatives
@@ -7,60 +7,57 @@ stage can also serve given chains.
 
 from __future__ import annotations
 
-from ..backends.completer import split_chain
-from ..config import PipelineConfig
-from ..parsing import ParseConfig, validate_chain
+from ..backends.nli import NliConfig
+from ..chain import ChainRules, chain_row, rule_violation, split_tiers
+from ..config import BulkSection, NliFilterSection
+from ..judge import Judge
+from ..schemas import reject
 from ..stage import Stage, StageContext
-from .common import chain_id, make_scorer, model_key, reject, run_units, sample_rows, trained_completer
-from .nli_filter import filter_rows
+from .common import model_key, open_h, open_scorer, run_units, sample_rows
 
 
 class Bulk(Stage):
     name = "bulk"
     version = "1"
     inputs = ("distill", "ingest")
-    config_sections = ("bulk", "nli_filter", "seed", "run")
+    params = {"bulk": "bulk", "nli": "models.nli", "judge_cfg": "nli_filter", "rules": "rules",
+              "random_seed": "run.random_seed"}
     isolated = True
     engines = ("h", "scorer")
-    kind = "model"
-    description = "H over all captions, NLI-filtered"
+    bulk: BulkSection
+    nli: NliConfig
+    judge_cfg: NliFilterSection
+    rules: ChainRules
+    random_seed: int
 
-    def key_material(self, config: PipelineConfig) -> dict:
-        return model_key(config, "nli")
+    def key_material(self) -> dict:
+        return model_key(nli=self.nli)
 
     def setup(self, ctx: StageContext) -> None:
-        b = ctx.config.bulk
-        self.h = trained_completer(ctx, batch_size=b.batch_size, num_beams=b.num_beams,
-                                   max_new_tokens=b.max_new_tokens)
-        self.scorer = make_scorer(ctx.config)
-        self.parse_cfg = ParseConfig(max_words=tuple(ctx.config.seed.max_words))
+        self.open_engine("h", lambda: open_h(ctx, self.bulk))
+        self.judge = Judge(self.open_engine("scorer", lambda: open_scorer(ctx, self.nli)), self.judge_cfg)
+        self.h_id = f"H(distill {ctx.upstream('distill').manifest()['key'][:12]})"   # run-independent provenance
 
     def process(self, ctx: StageContext) -> None:
-        cfg = ctx.config.bulk
-        rows = [r for r in ctx.upstream("ingest").read().to_pylist() if r["split"] in cfg.splits]
-        rows = sample_rows(rows, cfg.max_captions, ctx.seed, "bulk")
-        run_units(ctx, rows, cfg.unit_rows, lambda i, chunk: self._unit(ctx, chunk), note="captions")
+        rows = [r for r in ctx.upstream("ingest").read().to_pylist() if r["split"] in self.bulk.splits]
+        rows = sample_rows(rows, self.bulk.max_captions, self.random_seed, "bulk")
+        run_units(ctx, rows, self.bulk.unit_rows, lambda i, chunk: self._unit(chunk), note="captions")
         ctx.stats["captions"] = len(rows)
 
-    def _base(self, ctx, r: dict, pos: list[str], stage: str, model: str | None, raw: str | None) -> dict:
-        return dict(chain_id=chain_id(r["caption_id"], pos), caption_id=r["caption_id"], source=r["source"],
-                    split=ctx.config.bulk.splits[r["split"]], image_url=r["image_url"], orig_id=r["orig_id"],
-                    positive=pos, negative=r.get("negative"), stage=stage, model=model, seed=ctx.seed, raw=raw)
-
-    def _unit(self, ctx: StageContext, chunk: list[dict]):
-        given = [self._base(ctx, r, r["positive"], "ingest", None, None) for r in chunk if r["positive"]]
+    def _unit(self, chunk: list[dict]):
+        split = self.bulk.splits
+        given = [chain_row(r, r["positive"], stage="ingest", split=split[r["split"]], random_seed=self.random_seed)
+                 for r in chunk if r["positive"]]
         todo = [r for r in chunk if not r["positive"]]
-        raws = self.h.generalize([r["text"] for r in todo])
         made, rejects = [], []
-        h_id = f"H(distill {ctx.upstream('distill').manifest()['key'][:12]})"   # run-independent provenance
-        for r, raw in zip(todo, raws):
-            tiers = split_chain(raw)
+        for r, output in zip(todo, self.h.generalize([r["text"] for r in todo])):
+            tiers = [t for t in split_tiers(output) if t]
             why = f"H wrote {len(tiers)} tiers, expected 3" if len(tiers) != 3 else \
-                validate_chain(tiers, r["text"], self.parse_cfg)
+                rule_violation(tiers, r["text"], self.rules)
             if why:
-                rejects.append(reject(self.name, "ingest", r["caption_id"], f"invalid chain from H: {why}", raw))
+                rejects.append(reject(self.name, "ingest", r["caption_id"], f"invalid chain from H: {why}", output))
                 continue
-            made.append(self._base(ctx, r, [*tiers, r["text"]], self.name, h_id, raw))
-        nf = ctx.config.nli_filter
-        keep, bad = filter_rows(self.scorer, made, nf.entail_threshold, nf.transitive, self.name, "bulk")
+            made.append(chain_row(r, [*tiers, r["text"]], stage=self.name, split=split[r["split"]], model=self.h_id,
+                                  random_seed=self.random_seed, llm_output=output))
+        keep, bad = self.judge.filter(made, self.name, "bulk")
         return given + keep, rejects + bad

@@ -1,29 +1,46 @@
-"""What the model stages share: engines from config, unit iteration, chain rows, key material."""
+"""What the stages share: engines from their configs, key material, unit iteration, sampling."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..config import PipelineConfig
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import StageContext, StageError
 
 if TYPE_CHECKING:
+    from ..backends.generation import GeneratorConfig, SamplingConfig
+    from ..backends.nli import NliConfig
+    from ..completer import Completer, GenConfig
+    from ..config import StageSampling
     from ..prompts import PromptTemplate
 
 
-def model_path(model_id: str, config: PipelineConfig) -> str:
-    """Tiny ids build offline on demand; anything else goes to from_pretrained unchanged."""
-    from ..models.tiny import resolve_model
+def model_revision(model_id: str, revision: str | None = None) -> str | None:
+    """What identifies a model's weights beyond its id: the revision asked for; for a tiny id its
+    build key (a hash of what it is built from); for a local folder a digest of its file names,
+    sizes and small config files."""
+    from ..models.tiny import TINY_IDS, build_key
 
-    return resolve_model(model_id, config.run.model_cache)
+    if revision:
+        return revision
+    if model_id in TINY_IDS:
+        return build_key(model_id)
+    p = Path(model_id)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return digest([[str(f.relative_to(p)), f.stat().st_size,
+                        file_digest(f) if f.suffix == ".json" and f.stat().st_size < 1 << 20 else None]
+                       for f in files])
+    return None
 
 
-def model_key(config: PipelineConfig, *which: str) -> dict:
-    m = config.models
-    return {"models": {w: {"model": getattr(m, w).model, "revision": getattr(m, w).revision} for w in which}}
+def model_key(**models) -> dict:
+    """``{"models": {name: {model, revision}}}`` for configs with ``model`` / ``revision`` fields."""
+    return {"models": {name: {"model": m.model, "revision": model_revision(m.model, getattr(m, "revision", None))}
+                       for name, m in models.items()}}
 
 
 def prompt_key(*prompt_ids: str) -> dict:
@@ -33,37 +50,44 @@ def prompt_key(*prompt_ids: str) -> dict:
     return {"prompts": {pid: load_prompt(pid).hash for pid in prompt_ids}, "exemplars": files}
 
 
-def make_generator(config: PipelineConfig, sampling, prompt: PromptTemplate | None = None) -> "object":
-    """The configured engine. The prompt template's ``stop`` strings add to the config's, so
-    generation ends where the answer format ends instead of running to max_tokens; with
-    ``sampling.structured`` its ``regex`` constrains the output (vLLM)."""
-    from ..backends.generation import GeneratorConfig, SamplingConfig, make_generator as _make
+def open_generator(ctx: StageContext, cfg: GeneratorConfig):
+    from ..backends.factory import make_generator
 
-    g = config.models.generator
-    stop = prompt.stop if prompt is not None else ()
-    regex = prompt.regex if prompt is not None and sampling.structured else None
+    return make_generator(cfg.model_copy(update={"model": ctx.model_path(cfg.model)}))
+
+
+def open_scorer(ctx: StageContext, cfg: NliConfig):
+    from ..backends.nli import NliScorer
+
+    return NliScorer(cfg.model_copy(update={"model": ctx.model_path(cfg.model)}))
+
+
+def open_h(ctx: StageContext, gen: GenConfig) -> Completer:
+    """H as distill saved it in this run (its input format travels with it)."""
+    from ..completer import Completer
+
+    return Completer(ctx.upstream("distill").path / "h" / "model", gen)
+
+
+def call_sampling(sampling: StageSampling, prompt: PromptTemplate, random_seed: int) -> SamplingConfig:
+    """The engine's sampling for a stage's calls: the template's ``stop`` strings join the config's,
+    so generation ends where the answer format ends; with ``structured`` the output is held to
+    ``regex`` (or the template's); unseeded requests take the run's seed."""
+    from ..backends.generation import SamplingConfig
+
+    regex = (sampling.regex or prompt.regex) if sampling.structured else None
     if sampling.structured and not regex:
-        raise StageError(f"sampling.structured is set but prompt template "
-                         f"{getattr(prompt, 'path', None) or prompt!r} has no 'regex'")
-    path = model_path(g.model, config)
-    cfg = GeneratorConfig(model=path, revision=g.revision, dtype=g.dtype, device=g.device, batch_size=g.batch_size,
-                          tensor_parallel_size=g.tensor_parallel_size, max_model_len=g.max_model_len,
-                          gpu_memory_utilization=g.gpu_memory_utilization, static_cache=g.static_cache,
-                          compile=g.compile, engine_args=g.engine_args,
-                          sampling=SamplingConfig(n=sampling.n, temperature=sampling.temperature,
-                                                  top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                                                  stop=list(dict.fromkeys([*sampling.stop, *stop])),
-                                                  seed=config.run.seed, regex=regex))
-    return _make(g.engine, path, cfg)
+        raise StageError(f"sampling.structured is set but prompt template {prompt.path or prompt.id!r} has no 'regex'")
+    fields = sampling.model_dump(include=set(SamplingConfig.model_fields))
+    fields.update(stop=list(dict.fromkeys([*sampling.stop, *prompt.stop])), regex=regex,
+                  random_seed=sampling.random_seed if sampling.random_seed is not None else random_seed)
+    return SamplingConfig.model_validate(fields)
 
 
-def make_scorer(config: PipelineConfig):
-    from ..backends.nli import NliConfig, NliScorer
-
-    n = config.models.nli
-    return NliScorer(NliConfig(model=model_path(n.model, config), revision=n.revision, backend=n.backend,
-                               batch_size=n.batch_size, max_length=n.max_length, device=n.device, dtype=n.dtype,
-                               label_map=n.label_map))
+def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
+    """A request's sampling seed, hashed: vLLM seeds completion k of an n > 1 request with seed + k,
+    so neighbouring seeds would make one request replay another's random stream."""
+    return int(digest([run_seed, caption_id, step])[:8], 16) & 0x7FFF_FFFF
 
 
 def sample_rows(rows: list[dict], n: int | None, seed: int, salt: str) -> list[dict]:
@@ -93,14 +117,6 @@ def run_units(ctx: StageContext, rows: list, size: int,
     ctx.progress(total, total, "done", force=True)
 
 
-def reject(stage: str, source: str, key: str, reason: str, raw: str = "", row: int = -1) -> dict:
-    return dict(stage=stage, source=source, row=row, key=key, reason=reason, raw=(raw or "")[:2000])
-
-
-def chain_id(caption_id: str, positive: list[str]) -> str:
-    return digest([caption_id, positive])
-
-
 def rng_for(seed: int, *salt) -> random.Random:
     return random.Random(digest([seed, *salt]))
 
@@ -109,27 +125,3 @@ def caption_rows(ctx: StageContext, splits: list[str]) -> list[dict]:
     """Captions of the given splits that do not already carry a chain."""
     t = ctx.upstream("ingest").read()
     return [r for r in t.to_pylist() if r["split"] in splits and not r["positive"]]
-
-
-def completer_config(config: PipelineConfig, model: str, **gen):
-    """The completer H's config from the distill section (formats, lengths, training)."""
-    from ..backends.completer import CompleterConfig, GenConfig, PairFormat
-
-    d = config.distill
-    return CompleterConfig(
-        model=model, revision=config.models.completer.revision,
-        format=PairFormat(generalize_prefix=d.generalize_prefix, specify_prefix=d.specify_prefix),
-        max_source_len=d.max_source_len, max_target_len=d.max_target_len, lr=d.lr, epochs=d.epochs,
-        max_steps=d.max_steps, batch_size=d.batch_size, grad_accum=d.grad_accum, warmup=d.warmup_ratio,
-        weight_decay=d.weight_decay, lora=d.lora, lora_r=d.lora_r, lora_alpha=d.lora_alpha,
-        lora_dropout=d.lora_dropout, bf16={"auto": "auto", "on": True, "off": False}[d.bf16],
-        seed=config.run.seed, eval_fraction=d.eval_fraction, save_every_steps=d.save_every_steps,
-        gen=GenConfig(**gen))
-
-
-def trained_completer(ctx: StageContext, **gen):
-    """Load H as distill saved it in this run."""
-    from ..backends.completer import Completer
-
-    path = ctx.upstream("distill").path / "h" / "model"
-    return Completer(path, completer_config(ctx.config, str(path), **gen))

@@ -11,76 +11,69 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import N_TIERS
-from ..config import PipelineConfig
+from ..chain import chain_problem, has_full_negative, join_tiers
+from ..config import ExportSection
 from ..io.writers import pair_rows, test_rows, write_csv
-from ..report import write_dataset_card, write_quality_report
-from ..schemas import CHAINS, REJECTS, conform
+from ..report import lineage, write_dataset_card, write_quality_report
+from ..schemas import CHAINS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
 
-SOURCES = ("negatives", "bulk", "ingest")
+CHAIN_TABLES = ("negatives", "bulk", "ingest")   # where a run's chains may stand, most finished first
 
 
-def _well_formed(tiers) -> bool:
-    """4 non-empty tiers, none holding the separator (the CSV must split back into exactly 4)."""
-    return bool(tiers) and len(tiers) == N_TIERS and all(t and "=>" not in t for t in tiers)
+def chain_table(store: RunStore) -> str | None:
+    """The most finished chain table of a run (what export and curation read)."""
+    return next((s for s in CHAIN_TABLES if store.stage(s).manifest() is not None), None)
 
 
-def full_negative(c: dict) -> bool:
-    return _well_formed(c.get("negative"))
-
-
-def to_chain_rows(table: pa.Table) -> tuple[list[dict], list[dict]]:
+def to_chain_rows(table: pa.Table, origin: str) -> tuple[list[dict], list[dict]]:
     """Rows with a well-formed positive chain; the rest (plain captions, broken tiers) become rejects."""
     keep, bad = [], []
     for r in table.to_pylist():
-        if _well_formed(r.get("positive")):
+        if (why := chain_problem(r.get("positive"))) is None:
             r.setdefault("chain_id", r.get("caption_id"))
             keep.append(r)
         else:
-            why = "no 4-tier chain (caption only)" if not r.get("positive") else \
-                "positive chain is not 4 non-empty tiers free of '=>'"
-            bad.append(dict(stage="export", source="upstream", row=-1, key=r.get("chain_id") or r.get("caption_id"),
-                            reason=why, raw=(r.get("text") or " => ".join(r.get("positive") or []))[:300]))
+            reason = "no 4-tier chain (caption only)" if not r.get("positive") else f"positive chain: {why}"
+            bad.append(reject("export", origin, r.get("chain_id") or r.get("caption_id"), reason,
+                              (r.get("text") or join_tiers(r.get("positive") or []))[:300]))
     return keep, bad
 
 
 class Export(Stage):
     name = "export"
     version = "1"
-    inputs = SOURCES
-    config_sections = ("export",)
-    description = "HierarCaps CSVs, Parquet, dataset card"
+    inputs = CHAIN_TABLES
+    params = {"export": "export"}
+    export: ExportSection
 
-    def upstream_names(self, config: PipelineConfig, store: RunStore) -> tuple[str, ...]:
-        for s in SOURCES:
-            if store.stage(s).manifest() is not None:
-                return (s,)
-        return ()
+    def upstream_names(self, store: RunStore) -> tuple[str, ...]:
+        table = chain_table(store)
+        return (table,) if table else ()
 
     def process(self, ctx: StageContext) -> None:
-        ups = self.upstream_names(ctx.config, ctx.store)
+        ups = self.upstream_names(ctx.store)
         if not ups:
-            raise StageError("export: no finished chain table in this run (run ingest/bulk/negatives first)")
-        cfg = ctx.config.export
-        table = ctx.upstream(ups[0]).read()
-        chains, rejects = to_chain_rows(table)
+            raise StageError(f"export: no finished chain table in this run (run one of {', '.join(CHAIN_TABLES)} first)")
+        cfg, origin = self.export, ups[0]
+        table = ctx.upstream(origin).read()
+        chains, rejects = to_chain_rows(table, origin)
         train, test = [], []
         for c in chains:
             if c.get("split") in cfg.train_splits:
-                if cfg.require_negatives_for_train and not full_negative(c):
+                if cfg.require_negatives_for_train and not has_full_negative(c):
                     why = c.get("neg_missing_reason") or "no negative chain"
-                    rejects.append(dict(stage="export", source=ups[0], row=-1, key=c["chain_id"],
-                                        reason=f"train item without 4 negatives: {why}", raw=" => ".join(c["positive"])))
+                    rejects.append(reject("export", origin, c["chain_id"], f"train item without 4 negatives: {why}",
+                                          join_tiers(c["positive"])))
                     continue
                 train.append(c)
             elif c.get("split") in cfg.test_splits:
                 test.append(c)
             else:
-                rejects.append(dict(stage="export", source=ups[0], row=-1, key=c["chain_id"],
-                                    reason=f"split '{c.get('split')}' is neither a train nor a test split",
-                                    raw=" => ".join(c["positive"])))
+                rejects.append(reject("export", origin, c["chain_id"],
+                                      f"split '{c.get('split')}' is neither a train nor a test split",
+                                      join_tiers(c["positive"])))
         out = ctx.out.path
         files = {}
         if train:
@@ -88,13 +81,14 @@ class Export(Stage):
             files["train_csv"] = write_csv(out / f"{cfg.name}_train.csv", *pair_rows(train, with_url))
         if test:
             files["test_csv"] = write_csv(out / f"{cfg.name}_test.csv", *test_rows(test))
-            pool = [c for c in test if full_negative(c)]
+            pool = [c for c in test if has_full_negative(c)]
             if pool:
                 files["test_pool_csv"] = write_csv(out / f"{cfg.name}_test_pool.csv", *pair_rows(pool, True))
         data = conform(train + test, CHAINS)
         ctx.commit(0, data, conform(rejects, REJECTS), rows_in=table.num_rows)
         pq.write_table(data, out / f"{cfg.name}.parquet", compression="zstd")
-        ctx.stats.update(files=files, source=ups[0], train=len(train), test=len(test))
-        write_dataset_card(ctx, train, test)
-        write_quality_report(ctx, train + test)
+        ctx.stats.update(files=files, source=origin, train=len(train), test=len(test))
+        stages = lineage(ctx.store, ups)
+        write_dataset_card(out, cfg.name, stages, train, test)
+        write_quality_report(out, ctx.store.run_id, stages, train + test)
         ctx.stats["report"] = str(out / "report.md")

@@ -14,18 +14,19 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from ..config import PipelineConfig, SourceConfig
+from ..chain import join_tiers
+from ..config import IngestSection, SourceConfig
 from ..hashing import file_digest, text_hash64
 from ..io.readers import Bad, Record, ReaderError, read_source
 from ..paths import resolve_path
-from ..schemas import CAPTIONS, REJECTS, conform
+from ..schemas import CAPTIONS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..text import clean_text, norm_key
 
 
 def caption_id(source: str, text: str, positive: list[str] | None, orig_id: str | None) -> str:
     """Stable id: the same caption (and given chain) from the same source keeps its id across runs."""
-    key = "\x1f".join([source, text, " => ".join(positive or []), orig_id or ""])
+    key = "\x1f".join([source, text, join_tiers(positive or []), orig_id or ""])
     return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
@@ -45,7 +46,7 @@ class Deduper:
 
     def key_text(self, rec_text: str, positive: list[str] | None) -> str:
         # chains (HierarCaps inputs) are distinct items even when they share a caption
-        return " => ".join(positive) if positive else rec_text
+        return join_tiers(positive) if positive else rec_text
 
     def check(self, text: str, where: str) -> str | None:
         if self.mode == "none":
@@ -65,18 +66,18 @@ class Deduper:
 class Ingest(Stage):
     name = "ingest"
     version = "1"
-    config_sections = ("ingest",)
-    description = "read caption sources, clean, de-duplicate"
+    params = {"ingest": "ingest"}
+    ingest: IngestSection
 
-    def key_material(self, config: PipelineConfig) -> dict:
+    def key_material(self) -> dict:
         files = {}
-        for s in config.ingest.sources:
+        for s in self.ingest.sources:
             p = resolve_path(s.path)
             files[s.name] = file_digest(p) if p.exists() else "missing"
         return {"files": files}
 
     def process(self, ctx: StageContext) -> None:
-        cfg = ctx.config.ingest
+        cfg = self.ingest
         if not cfg.sources:
             raise StageError("ingest: no sources configured (ingest.sources is empty)")
         limit = cfg.limit
@@ -121,11 +122,11 @@ class Ingest(Stage):
             t = pq.read_table(ctx.out.unit_path(i), columns=["text", "positive", "source", "source_row"])
             for rec in t.to_pylist():
                 dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}")
-        return k * ctx.config.ingest.unit_rows
+        return k * self.ingest.unit_rows
 
     def _one(self, item, src, path, cfg, dedup, rows, rejects):
         if isinstance(item, Bad):
-            rejects.append(dict(stage=self.name, source=path, row=item.row, reason=item.reason, raw=item.raw))
+            rejects.append(reject(self.name, path, None, item.reason, item.excerpt, item.row))
             return
         keep = (lambda t: t) if item.positive and not cfg.clean_chains else clean_text
         text = keep(item.text)
@@ -139,7 +140,7 @@ class Ingest(Stage):
         else:
             reason = dedup.check(dedup.key_text(text, pos), f"{src.name} row {item.row}")
         if reason:
-            rejects.append(dict(stage=self.name, source=path, row=item.row, reason=reason, raw=text[:300]))
+            rejects.append(reject(self.name, path, None, reason, text[:300], item.row))
             return
         rows.append(dict(
             caption_id=caption_id(src.name, text, pos, item.orig_id), text=text, source=src.name,

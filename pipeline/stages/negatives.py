@@ -7,70 +7,56 @@ p[k]). After ``tries`` candidates fail, the item records why that tier has no ne
 
 from __future__ import annotations
 
-import numpy as np
-
-from .. import N_TIERS
-from ..config import PipelineConfig
+from ..backends.nli import NliConfig
+from ..chain import N_TIERS, SEP, has_full_negative
+from ..config import NegativesSection
+from ..judge import score_negatives
 from ..stage import Stage, StageContext
 from ..text import norm_key
-from .common import make_scorer, model_key, run_units, trained_completer
-from .export import full_negative
+from .common import model_key, open_h, open_scorer, run_units
 
 
 class Negatives(Stage):
     name = "negatives"
     version = "1"
     inputs = ("bulk", "distill")
-    config_sections = ("negatives", "run")
+    params = {"negatives": "negatives", "nli": "models.nli", "random_seed": "run.random_seed"}
     isolated = True
     engines = ("h", "scorer")
-    kind = "model"
-    description = "negative chains by H + NLI"
+    negatives: NegativesSection
+    nli: NliConfig
+    random_seed: int
 
-    def key_material(self, config: PipelineConfig) -> dict:
-        return model_key(config, "nli")
+    def key_material(self) -> dict:
+        return model_key(nli=self.nli)
 
     def setup(self, ctx: StageContext) -> None:
-        n = ctx.config.negatives
-        self.h = trained_completer(ctx, batch_size=n.batch_size, do_sample=True, temperature=n.temperature,
-                                   top_p=n.top_p, max_new_tokens=ctx.config.bulk.max_new_tokens)
-        self.scorer = make_scorer(ctx.config)
+        self.open_engine("h", lambda: open_h(ctx, self.negatives))
+        self.open_engine("scorer", lambda: open_scorer(ctx, self.nli))
 
     def process(self, ctx: StageContext) -> None:
-        cfg = ctx.config.negatives
         rows = ctx.upstream("bulk").read().to_pylist()
-        run_units(ctx, rows, cfg.unit_rows, lambda i, chunk: (self._unit(ctx, i, chunk), []), note="chains")
+        run_units(ctx, rows, self.negatives.unit_rows, lambda i, chunk: (self._unit(i, chunk), []), note="chains")
 
-    def _unit(self, ctx: StageContext, index: int, chunk: list[dict]) -> list[dict]:
-        cfg = ctx.config.negatives
-        todo = [r for r in chunk if not full_negative(r)]
+    def _keep(self, candidate: str, positive_k: str, ent: float, con: float) -> bool:
+        cfg = self.negatives
+        return bool(candidate.strip()) and SEP not in candidate and norm_key(candidate) != norm_key(positive_k) \
+            and ent >= cfg.entail_threshold and con >= cfg.contradict_threshold
+
+    def _unit(self, index: int, chunk: list[dict]) -> list[dict]:
+        cfg = self.negatives
+        todo = [r for r in chunk if not has_full_negative(r)]
         negs = {id(r): [None] * N_TIERS for r in todo}
         scores = {id(r): [] for r in todo}
         why = {id(r): [] for r in todo}
         for k in range(1, N_TIERS + 1):
-            prev = ["" if k == 1 else r["positive"][k - 2] for r in todo]
-            cands = self.h.specify(prev, n=cfg.tries, sample=True, seed=ctx.seed * 7919 + index * 31 + k)
-            per = 1 if k == 1 else 2                          # tier 1 has nothing above it to entail
-            prem, hyp = [], []
-            for r, cs in zip(todo, cands):
-                for c in cs:
-                    prem.append(r["positive"][k - 1])          # p[k] => not c
-                    hyp.append(c)
-                    if k > 1:
-                        prem.append(c)                         # c => p[k-1]
-                        hyp.append(r["positive"][k - 2])
-            probs = np.asarray(self.scorer.score(prem, hyp)) if prem else np.zeros((0, 3))
-            j = 0
-            for r, cs in zip(todo, cands):
-                chosen = None
-                for t, c in enumerate(cs):
-                    con = float(probs[j, 2])
-                    ent = 1.0 if k == 1 else float(probs[j + 1, 0])
-                    j += per
-                    ok = c.strip() and "=>" not in c and norm_key(c) != norm_key(r["positive"][k - 1]) and \
-                        ent >= cfg.entail_threshold and con >= cfg.contradict_threshold
-                    if chosen is None and ok:
-                        chosen = (c.strip(), ent, con, t + 1)
+            above = [None if k == 1 else r["positive"][k - 2] for r in todo]
+            cands = self.h.specify(["" if a is None else a for a in above], n=cfg.tries, sample=True,
+                                   seed=self.random_seed * 7919 + index * 31 + k)
+            judged = score_negatives(self.scorer, above, [r["positive"][k - 1] for r in todo], cands)
+            for r, cs, ec in zip(todo, cands, judged):
+                chosen = next(((c.strip(), ent, con, t + 1) for t, (c, (ent, con)) in enumerate(zip(cs, ec))
+                               if self._keep(c, r["positive"][k - 1], ent, con)), None)
                 if chosen:
                     negs[id(r)][k - 1] = chosen[0]
                     scores[id(r)].append(dict(tier=k, entails_prev=chosen[1], contradicts_pos=chosen[2], tries=chosen[3]))

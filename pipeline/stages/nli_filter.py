@@ -2,56 +2,38 @@
 
 Premise = the more specific tier, hypothesis = the more general one. Every link's softmax
 probabilities are stored on the row; a rejected chain goes to rejects with its failing link and
-scores (``raw`` holds the chain and all its scores as JSON).
+scores (``excerpt`` holds the chain and all its scores as JSON).
 """
 
 from __future__ import annotations
 
-import json
-
-from ..config import PipelineConfig
+from ..backends.nli import NliConfig
+from ..config import NliFilterSection
+from ..judge import Judge, acceptance_table
 from ..stage import Stage, StageContext
-from .common import make_scorer, model_key, reject, run_units
-from .judge import acceptance_table, judge_chains
-
-
-def filter_rows(scorer, rows: list[dict], threshold: float, transitive: bool, stage: str, source: str,
-                results_sink: list | None = None) -> tuple[list[dict], list[dict]]:
-    """Judge chain rows; accepted rows get link_scores, the rest become rejects."""
-    results = judge_chains(scorer, [r["positive"] for r in rows], threshold, transitive)
-    if results_sink is not None:
-        results_sink.extend(results)
-    keep, rejects = [], []
-    for r, (ok, scores, reason) in zip(rows, results):
-        if ok:
-            keep.append({**r, "link_scores": scores})
-        else:
-            rejects.append(reject(stage, source, r["chain_id"], reason,
-                                  json.dumps({"positive": r["positive"], "link_scores": scores})))
-    return keep, rejects
+from .common import model_key, open_scorer, run_units
 
 
 class NliFilter(Stage):
     name = "nli_filter"
     version = "1"
     inputs = ("seed",)
-    config_sections = ("nli_filter",)
+    params = {"nli_filter": "nli_filter", "nli": "models.nli"}
     isolated = True
     engines = ("scorer",)
-    kind = "model"
-    description = "NLI entailment filter over seed chains"
+    nli_filter: NliFilterSection
+    nli: NliConfig
 
-    def key_material(self, config: PipelineConfig) -> dict:
-        return model_key(config, "nli")
+    def key_material(self) -> dict:
+        return model_key(nli=self.nli)
 
     def setup(self, ctx: StageContext) -> None:
-        self.scorer = make_scorer(ctx.config)
+        self.judge = Judge(self.open_engine("scorer", lambda: open_scorer(ctx, self.nli)), self.nli_filter)
 
     def process(self, ctx: StageContext) -> None:
-        cfg = ctx.config.nli_filter
         rows = ctx.upstream("seed").read().to_pylist()
-        results: list = []
-        run_units(ctx, rows, cfg.unit_rows, lambda i, chunk: filter_rows(
-            self.scorer, chunk, cfg.entail_threshold, cfg.transitive, self.name, "seed", results), note="chains")
-        if results:  # units judged in this process (a resumed run reports the units it did)
-            ctx.stats["tables"] = {"acceptance-per-link": acceptance_table(results, cfg.entail_threshold)}
+        verdicts: list = []
+        run_units(ctx, rows, self.nli_filter.unit_rows,
+                  lambda i, chunk: self.judge.filter(chunk, self.name, "seed", verdicts), note="chains")
+        if verdicts:  # units judged in this process (a resumed run reports the units it did)
+            ctx.stats["tables"] = {"acceptance-per-link": acceptance_table(verdicts, self.nli_filter.entail_threshold)}

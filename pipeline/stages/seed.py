@@ -7,69 +7,62 @@ completion. Output that cannot be parsed goes to rejects with the raw text and t
 
 from __future__ import annotations
 
-from ..config import PipelineConfig
-from ..hashing import digest
-from ..parsing import ParseConfig, parse_chain, parse_tier, validate_chain
+from ..backends.generation import GeneratorConfig
+from ..chain import ChainRules, chain_row, rule_violation
+from ..config import SeedSection
+from ..parsing import parse_chain, parse_tier
 from ..prompts import load_exemplars, load_prompt, render_seed_chain, render_seed_tier
+from ..schemas import reject
 from ..stage import Stage, StageContext
-from .common import (caption_rows, chain_id, make_generator, model_key, prompt_key, reject, run_units,
+from .common import (call_sampling, caption_rows, model_key, open_generator, prompt_key, request_seed, run_units,
                      sample_rows)
-
-
-def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
-    """A request's sampling seed, hashed: vLLM seeds completion k of an n > 1 request with seed + k,
-    so neighbouring seeds would make one request replay another's random stream."""
-    return int(digest([run_seed, caption_id, step])[:8], 16) & 0x7FFF_FFFF
 
 
 class Seed(Stage):
     name = "seed"
     version = "3"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds
     inputs = ("ingest",)
-    config_sections = ("seed", "run")
+    params = {"seed": "seed", "generator": "models.generator", "rules": "rules", "random_seed": "run.random_seed"}
     isolated = True
     engines = ("gen",)
-    kind = "model"
-    description = "LLM prompting for seed chains"
+    seed: SeedSection
+    generator: GeneratorConfig
+    rules: ChainRules
+    random_seed: int
 
-    def key_material(self, config: PipelineConfig) -> dict:
-        s = config.seed
-        return {**model_key(config, "generator"), **prompt_key(s.prompt_tier if s.strategy == "tier" else s.prompt_chain),
-                "engine": config.models.generator.engine}
+    @property
+    def prompt_id(self) -> str:
+        return self.seed.prompt_tier if self.seed.strategy == "tier" else self.seed.prompt_chain
+
+    def key_material(self) -> dict:
+        return {**model_key(generator=self.generator), **prompt_key(self.prompt_id)}
 
     def setup(self, ctx: StageContext) -> None:
-        cfg = ctx.config.seed
         self.exemplars = load_exemplars()
-        self.prompt = load_prompt(cfg.prompt_tier if cfg.strategy == "tier" else cfg.prompt_chain)
-        self.gen = make_generator(ctx.config, cfg.sampling, self.prompt)
-        self.parse_cfg = ParseConfig(max_words=tuple(cfg.max_words))
+        self.prompt = load_prompt(self.prompt_id)
+        self.sampling = call_sampling(self.seed.sampling, self.prompt, self.random_seed)
+        self.open_engine("gen", lambda: open_generator(ctx, self.generator))
 
     def process(self, ctx: StageContext) -> None:
-        cfg = ctx.config.seed
-        rows = sample_rows(caption_rows(ctx, cfg.splits), cfg.max_captions, ctx.seed, "seed")
-        step = self._tier_unit if cfg.strategy == "tier" else self._chain_unit
-        run_units(ctx, rows, cfg.unit_rows, lambda i, chunk: step(ctx, chunk), note="captions")
+        rows = sample_rows(caption_rows(ctx, self.seed.splits), self.seed.max_captions, self.random_seed, "seed")
+        step = self._tier_unit if self.seed.strategy == "tier" else self._chain_unit
+        run_units(ctx, rows, self.seed.unit_rows, lambda i, chunk: step(chunk), note="captions")
         ctx.stats["captions"] = len(rows)
 
-    def _row(self, ctx, r: dict, tiers: list[str], raw: str) -> dict:
-        pos = [*tiers, r["text"]]
-        return dict(chain_id=chain_id(r["caption_id"], pos), caption_id=r["caption_id"], source=r["source"],
-                    split=r["split"], image_url=r["image_url"], orig_id=r["orig_id"], positive=pos,
-                    stage=self.name, model=ctx.config.models.generator.model, prompt_id=self.prompt.id,
-                    prompt_hash=self.prompt.hash, seed=ctx.seed, raw=raw)
+    def _row(self, r: dict, tiers: list[str], output: str) -> dict:
+        return chain_row(r, [*tiers, r["text"]], stage=self.name, model=self.generator.model, prompt_id=self.prompt.id,
+                         prompt_hash=self.prompt.hash, random_seed=self.random_seed, llm_output=output)
 
-    def _chain_unit(self, ctx: StageContext, chunk: list[dict]):
-        cfg = ctx.config.seed
-        reqs = [{"messages": render_seed_chain(r["text"], self.exemplars, cfg.n_exemplars, template=self.prompt),
-                 "seed": request_seed(ctx.seed, r["caption_id"])} for r in chunk]
-        outs = self.gen.generate(reqs)
+    def _chain_unit(self, chunk: list[dict]):
+        reqs = [{"messages": render_seed_chain(r["text"], self.exemplars, self.seed.n_exemplars, template=self.prompt),
+                 "seed": request_seed(self.random_seed, r["caption_id"])} for r in chunk]
         out, rejects = [], []
-        for r, samples in zip(chunk, outs):
+        for r, samples in zip(chunk, self.gen.generate(reqs, self.sampling)):
             reasons = []
-            for raw in samples:                      # first sample that parses wins
-                res = parse_chain(raw, r["text"], self.parse_cfg)
+            for text in samples:                      # first sample that parses wins
+                res = parse_chain(text, r["text"], self.rules)
                 if res.ok:
-                    out.append(self._row(ctx, r, res.tiers, raw))
+                    out.append(self._row(r, res.tiers, text))
                     break
                 reasons.append(res.reason)
             else:
@@ -77,40 +70,38 @@ class Seed(Stage):
                                       "\n---\n".join(samples)))
         return out, rejects
 
-    def _tier_unit(self, ctx: StageContext, chunk: list[dict]):
-        cfg = ctx.config.seed
+    def _tier_unit(self, chunk: list[dict]):
         current = {r["caption_id"]: [r["text"]] for r in chunk}   # tiers, specific first
-        raws = {r["caption_id"]: [] for r in chunk}
+        outputs = {r["caption_id"]: [] for r in chunk}
         failed: dict[str, str] = {}
         for target in (3, 2, 1):
             live = [r for r in chunk if r["caption_id"] not in failed]
             reqs = [{"messages": render_seed_tier(current[r["caption_id"]][-1], target, self.exemplars,
-                                                  cfg.n_exemplars, template=self.prompt),
-                     "seed": request_seed(ctx.seed, r["caption_id"], target)} for r in live]
-            for r, samples in zip(live, self.gen.generate(reqs)):
+                                                  self.seed.n_exemplars, template=self.prompt),
+                     "seed": request_seed(self.random_seed, r["caption_id"], target)} for r in live]
+            for r, samples in zip(live, self.gen.generate(reqs, self.sampling)):
                 cid = r["caption_id"]
                 reasons = []
-                for raw in samples:
-                    res = parse_tier(raw, current[cid][-1], target, self.parse_cfg)
+                for text in samples:
+                    res = parse_tier(text, current[cid][-1], target, self.rules)
                     if res.ok:
                         current[cid].append(res.tiers[0])
-                        raws[cid].append(raw)
+                        outputs[cid].append(text)
                         break
                     reasons.append(res.reason)
                 else:
-                    raws[cid].extend(samples)
+                    outputs[cid].extend(samples)
                     failed[cid] = f"tier {target}: unparseable output: {reasons[0]}"
         out, rejects = [], []
         for r in chunk:
             cid = r["caption_id"]
-            raw = "\n---\n".join(raws[cid])
+            text = "\n---\n".join(outputs[cid])
             if cid in failed:
-                rejects.append(reject(self.name, "ingest", cid, failed[cid], raw))
+                rejects.append(reject(self.name, "ingest", cid, failed[cid], text))
                 continue
             tiers = current[cid][1:][::-1]                          # general -> specific
-            why = validate_chain(tiers, r["text"], self.parse_cfg)
-            if why:
-                rejects.append(reject(self.name, "ingest", cid, f"invalid chain: {why}", raw))
+            if why := rule_violation(tiers, r["text"], self.rules):
+                rejects.append(reject(self.name, "ingest", cid, f"invalid chain: {why}", text))
             else:
-                out.append(self._row(ctx, r, tiers, raw))
+                out.append(self._row(r, tiers, text))
         return out, rejects

@@ -1,4 +1,5 @@
-"""The `hierarcaps` command line."""
+"""The `hierarcaps` command line: it sits beside the Prefect flows because it runs them, serves
+them and hands the test set to curation; the library (pipeline/) imports neither."""
 
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .io.readers import ReaderError
-    from .stage import StageError
+    from pipeline.config import ConfigError
+    from pipeline.io.readers import ReaderError
+    from pipeline.stage import StageError
 
     try:
         return _dispatch(args)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from . import runner
+    from pipeline import runner
 
     if args.cmd in ("run", "stage", "align", "bench"):
         stages = {"stage": [getattr(args, "name", None)], "align": ["align"], "bench": ["bench"]}.get(
@@ -117,14 +118,14 @@ def _dispatch(args) -> int:
 
         config, store = runner.resolve(run_id=args.run_id, root=args.root)
         if args.cmd == "curation-export":
-            n = curate.export_for_curation(store, config, args.out)
+            n = curate.export_for_curation(store, config.export, args.out)
             print(f"wrote {n} chains to {args.out}")
         else:
-            res = curate.import_curation(store, config, args.csv)
+            res = curate.import_curation(store, config.export, args.csv)
             print(json.dumps(res, indent=2))
         return 0
     if args.cmd == "tiny-models":
-        from .models.tiny import resolve_model
+        from pipeline.models.tiny import resolve_model
 
         for mid in ("tiny/llama-chat", "tiny/t5", "tiny/nli"):
             print(mid, resolve_model(mid, args.cache_dir or os.environ.get("HIERARCAPS_CACHE")))
