@@ -181,7 +181,7 @@ def main() -> None:
         if name == "zero_shot" or not e0_path.exists():
             E0 = embed_texts(enc, texts)
             torch.save(E0, e0_path)
-        E0 = torch.load(e0_path)
+        E0 = torch.load(e0_path, weights_only=True)
         if name == "zero_shot":
             entry = {**evaluate(enc, test), **knowledge(enc, texts, imgs, E0, split.heldout)}
         elif args.eval_only:  # re-measure a saved run (metrics added since it trained)

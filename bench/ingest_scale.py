@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from pipeline.store import RunStore  # noqa: E402
 WORDS = ("man woman dog cat bird red blue green small large old young sitting standing running on in "
          "near the a of with street beach park table kitchen car bike boat tree house field water snow "
          "holding playing riding eating looking wooden white black two three people child photo view").split()
@@ -81,19 +83,19 @@ def main() -> None:
         wall, rss = run_measured(stage_cmd(tsv, td / "art", "ref"))
         base = baseline(tsv, td / "base.parquet")
         # kill mid-ingest, then resume
-        sd = td / "art/runs/killed/ingest"
+        killed = RunStore(td / "art", "killed")
         p = subprocess.Popen(stage_cmd(tsv, td / "art", "killed"), cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        while len(list(sd.glob("part-*.parquet"))) < 8:
+        while len(getattr(killed.working("ingest"), "data_files", list)()) < 8:
             time.sleep(0.05)
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        units_at_kill = len(list(sd.glob("part-*.parquet")))
+        units_at_kill = len(killed.working("ingest").data_files())
         wall_resume, rss_resume = run_measured(stage_cmd(tsv, td / "art", "killed"))
-        read = lambda run, sub="": pa.concat_tables(  # noqa: E731
-            [pq.read_table(f) for f in sorted((td / f"art/runs/{run}/ingest{sub}").glob("part-*.parquet"))])
-        same = read("ref").equals(read("killed")) and read("ref", "/rejects").equals(read("killed", "/rejects"))
-        m = json.loads((td / "art/runs/killed/ingest/manifest.json").read_text())
+        ref = RunStore(td / "art", "ref").stage("ingest")
+        sd = killed.stage("ingest")
+        same = ref.read().equals(sd.read()) and ref.read_rejects().equals(sd.read_rejects())
+        m = sd.manifest()
         res = {
             "lines": args.lines, "file_mib": round(size_mb, 1),
             "stage_wall_s": round(wall, 2), "stage_rows_per_s": round(args.lines / wall),

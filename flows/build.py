@@ -1,43 +1,30 @@
 """Prefect flow `build-hierarcaps`: wires the registered stages; the work lives in pipeline/.
 
-Each stage is a task whose cache key is the stage key (only offered to Prefect when the run store
-agrees the stage is done, so a deleted output is never "cached"), with persisted results, a
-progress artifact per stage and a table artifact of counts at the end.
+Each stage is a task with a progress artifact, and a table artifact of counts ends the run. The
+run store is the cache (a stage whose finished output matches its key and is intact returns at
+once), so Prefect persists no task results: a result file is Prefect's pickle, and nothing read
+back from the output root may run code. The flow holds the run's lock while it runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 
 from pipeline import runner
 from pipeline.config import PipelineConfig
-from pipeline.registry import get_stage
-from pipeline.stage import stage_key
 from pipeline.store import RunStore
 
 
-def _store(params: dict) -> tuple[PipelineConfig, RunStore]:
-    config = PipelineConfig.model_validate(params["config"])
-    return config, RunStore(config.run.root, params["run_id"])
-
-
-def stage_cache_key(context, params: dict[str, Any]) -> str | None:
-    config, store = _store(params)
-    stage = get_stage(params["name"], config)
-    key = stage_key(stage, store)
-    m = store.stage(stage.name).manifest()
-    return f"{store.run_id}-{stage.name}-{key}" if m and m.get("key") == key else None
-
-
-@task(task_run_name="{name}", cache_key_fn=stage_cache_key, persist_result=True)
+@task(task_run_name="{name}", cache_policy=NO_CACHE, persist_result=False)
 def stage_task(name: str, config: dict, run_id: str, force: bool = False) -> dict:
     logger = get_run_logger()
-    cfg, store = _store({"config": config, "run_id": run_id})
+    cfg = PipelineConfig.model_validate(config)
+    store = RunStore(cfg.run.root, run_id)
     art = create_progress_artifact(0.0, key=f"progress-{name.replace('_', '-')}", description=f"{name} progress")
 
     def on_progress(done: int, total: int | None, note: str) -> None:
@@ -57,7 +44,7 @@ def stage_task(name: str, config: dict, run_id: str, force: bool = False) -> dic
     return manifest
 
 
-@flow(name="build-hierarcaps", log_prints=True)
+@flow(name="build-hierarcaps", log_prints=True, persist_result=False)
 def build_hierarcaps(preset: str | None = "tiny", config: dict | None = None, config_path: str | None = None,
                      overrides: list[str] | None = None, run_id: str | None = None,
                      stages: list[str] | None = None, force: bool = False, limit: int | None = None) -> dict:
@@ -68,14 +55,11 @@ def build_hierarcaps(preset: str | None = "tiny", config: dict | None = None, co
     else:
         cfg, store = runner.resolve(preset, config_path, overrides, run_id, limit)
     names = runner.check_stages(stages)
-    results_dir = Path(cfg.run.root).resolve() / "prefect-results"
-    results_dir.mkdir(parents=True, exist_ok=True)
     print(f"run {store.run_id}: stages {names} -> {store.path}")
     cfg_json = cfg.model_dump(mode="json")
-    manifests = {}
-    for name in names:
-        t = stage_task.with_options(refresh_cache=force, result_storage=results_dir)
-        manifests[name] = t(name, cfg_json, store.run_id, force)
+    with store.lock("flow build-hierarcaps"):
+        for name in names:
+            stage_task(name, cfg_json, store.run_id, force)
     rows = runner.status_rows(cfg, store)
     create_table_artifact(key="stage-counts", table=rows, description=f"run {store.run_id}")
     return {"run_id": store.run_id, "path": str(store.path), "stages": rows}

@@ -71,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     from pipeline.config import ConfigError
+    from pipeline.errors import UserError
     from pipeline.io.readers import ReaderError
-    from pipeline.stage import StageError
 
     try:
         return _dispatch(args)
-    except (ConfigError, StageError, ReaderError, KeyError, FileNotFoundError) as e:
+    except (ConfigError, UserError, ReaderError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"hierarcaps: error: {msg}", file=sys.stderr)
         return 2

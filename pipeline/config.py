@@ -140,7 +140,7 @@ class NegativesSection(GenConfig):
 
 
 class ExportSection(Section):
-    name: str = "hierarcaps"
+    name: str = Field("hierarcaps", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")   # file names: stays in export/
     train_splits: list[str] = ["train"]
     test_splits: list[str] = ["test"]
     require_negatives_for_train: bool = True

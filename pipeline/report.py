@@ -1,4 +1,7 @@
-"""Dataset card (a Hugging Face dataset README) and the quality report (markdown + PNG plots)."""
+"""Dataset card (a Hugging Face dataset README) and the quality report (markdown + PNG plots).
+
+Both hold only what the data and the config determine, never timings or run ids, so the same
+config and seed give byte-identical files (timings live in the manifests)."""
 
 from __future__ import annotations
 
@@ -52,8 +55,8 @@ def write_dataset_card(out: Path, name: str, stages: dict[str, dict], train: lis
         f"Example: `{example}`", "", "## Counts", "",
         *_table(["split", "chains"], [["train", len(train)], ["test", len(test)]]), "",
         "## Pipeline stages", "",
-        *_table(["stage", "rows in", "rows out", "rejected", "wall s"],
-                [[s, m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"]] for s, m in stages.items()]),
+        *_table(["stage", "rows in", "rows out", "rejected"],
+                [[s, m["rows_in"], m["rows_out"], m["rows_rejected"]] for s, m in stages.items()]),
         "", "## Top tier-1 concepts", "", ", ".join(f"{w} ({n})" for w, n in top_concepts(train + test)), "",
         "## Pipeline config (what each stage was run with)", "", "```json",
         json.dumps({s: m.get("params", {}) for s, m in stages.items()}, indent=2, sort_keys=True), "```", "",
@@ -101,10 +104,11 @@ def _plots(out: Path, chains: list[dict]) -> list[str]:
     return files
 
 
-def write_quality_report(out: Path, run_id: str, stages: dict[str, dict], chains: list[dict]) -> str:
-    """Acceptance per stage and per link, score histograms, tier lengths, top tier-1 concepts."""
+def write_quality_report(out: Path, name: str, stages: dict[str, dict], chains: list[dict]) -> str:
+    """Acceptance per stage and per link, score histograms, tier lengths, top tier-1 concepts. Only
+    what the data determines: the same work gives the same bytes (timings stay in the manifests)."""
     counts = {s: {**m, "stats": m.get("stats", {})} for s, m in stages.items()}
-    lines = [f"# Quality report: run {run_id}", "", "## Acceptance per stage", ""]
+    lines = [f"# Quality report: {name}", "", "## Acceptance per stage", ""]
     lines += _table(["stage", "in", "out", "rejected", "kept %"],
                     [[s, m["rows_in"], m["rows_out"], m["rows_rejected"],
                       f"{100 * m['rows_out'] / m['rows_in']:.1f}" if m["rows_in"] else "-"] for s, m in counts.items()])

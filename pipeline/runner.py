@@ -49,9 +49,10 @@ def check_stages(stages: list[str] | None) -> list[str]:
 def run_one(name: str, config: PipelineConfig, store: RunStore, force: bool = False,
             on_progress: Callable | None = None) -> dict:
     """One stage of a run, built from the config; the run's saved config is updated once it succeeds."""
-    m = run_stage(get_stage(name, config), store, force=force, on_progress=on_progress,
-                  model_cache=config.run.model_cache)
-    store.save_config(config.model_dump(mode="json"))
+    with store.lock(f"stage {name}"):
+        m = run_stage(get_stage(name, config), store, force=force, on_progress=on_progress,
+                      model_cache=config.run.model_cache)
+        store.save_config(config.model_dump(mode="json"))
     log.info("%s: %s in=%s out=%s rejected=%s (%.1fs)", name, "cached" if m["cache_hit"] else "done",
              m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"])
     return m
@@ -59,7 +60,9 @@ def run_one(name: str, config: PipelineConfig, store: RunStore, force: bool = Fa
 
 def run_stages(config: PipelineConfig, store: RunStore, stages: list[str] | None = None, force: bool = False,
                on_progress: Callable | None = None) -> list[dict]:
-    return [run_one(name, config, store, force, on_progress) for name in check_stages(stages)]
+    names = check_stages(stages)
+    with store.lock(f"stages {','.join(names)}"):
+        return [run_one(name, config, store, force, on_progress) for name in names]
 
 
 def status_rows(config: PipelineConfig, store: RunStore) -> list[dict]:

@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel
 
+from .errors import UserError
 from .hashing import digest
 from .schemas import SCHEMA_VERSION
 from .store import RunStore, StageDir
@@ -28,7 +29,7 @@ from .store import RunStore, StageDir
 log = logging.getLogger("hierarcaps")
 
 
-class StageError(RuntimeError):
+class StageError(UserError):
     """A stage failed with a message meant for the user (no traceback needed)."""
 
 
@@ -42,6 +43,7 @@ class StageContext:
 
     store: RunStore
     stage: "Stage"
+    out: StageDir | None = None                   # where this attempt writes (default: the stage's folder)
     force: bool = False
     on_progress: Callable[[int, int | None, str], None] | None = None
     stats: dict = field(default_factory=dict)     # extra numbers for the manifest
@@ -49,9 +51,9 @@ class StageContext:
     model_cache: Path | None = None               # where tiny models are built (a runtime setting)
     _last_progress: float = 0.0
 
-    @property
-    def out(self) -> StageDir:
-        return self.store.stage(self.stage.name)
+    def __post_init__(self) -> None:
+        if self.out is None:
+            self.out = self.store.stage(self.stage.name)
 
     def upstream(self, name: str) -> StageDir:
         """A finished upstream stage's folder; only stages the key covers (``upstream_names``)."""

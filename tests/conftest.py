@@ -93,5 +93,27 @@ def copy_run(run: dict, dest: Path, run_id: str = "copy"):
 
     cfg = load_config(base=run["config"].model_dump(mode="json"), overrides={"run": {"root": str(dest)}})
     store = RunStore(dest, run_id)
-    shutil.copytree(run["store"].path, store.path)
+    shutil.copytree(run["store"].path, store.path, symlinks=True)   # stage links stay inside the copy
     return cfg, store
+
+
+def rewrite_stage(store, name: str, rows: list[dict]) -> None:
+    """Replace a finished stage's rows (as an older version of the pipeline might have written
+    them), keeping its manifest consistent: one unit, counts and checksums updated."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.store import StageDir
+
+    sd = StageDir(store.stage(name).path.resolve())
+    m = sd.manifest()
+    units = sorted(sd.done_units())
+    schema = pq.read_schema(sd.unit_path(units[0])).remove_metadata()
+    for i in units:
+        sd.drop_unit(i)
+    sd.write_unit(0, pa.Table.from_pylist(rows, schema=schema), None,
+                  {"key": m["key"], "rows_in": len(rows), "rows_out": len(rows), "rows_rejected": 0})
+    record = sd.done_units()[0]
+    m.update(units=1, rows_in=len(rows), rows_out=len(rows), rows_rejected=0,
+             unit_sums={"0": {k: record[k] for k in ("key", "rows_in", "rows_out", "rows_rejected", "data", "rejects")}})
+    sd.write_manifest(m)

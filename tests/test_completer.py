@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_t5, tmp_path):
     assert not (run / "model").exists()
     steps_done = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
     assert 4 <= steps_done < 12
+    other = tmp_path / "other"
+    shutil.copytree(run / "checkpoints", other / "checkpoints")
 
     calls = []
     resumed = train(pairs, tiny_t5, cfg, run, progress=lambda d, t: calls.append(d))
@@ -236,12 +239,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_t5, tmp_path):
     assert state_hash(run / "model") == ref_hash
     assert resumed["eval_loss"] == pytest.approx(ref["eval_loss"], abs=0)
 
+    assert not (run / "checkpoints").exists()            # a finished model needs no checkpoints
     # a checkpoint from other data is refused, not silently mixed in
-    other = tmp_path / "other"
-    other.mkdir()
-    import shutil
-
-    shutil.copytree(run / "checkpoints", other / "checkpoints")
     with pytest.raises(ValueError, match="fingerprint"):
         train(pairs[:-5], tiny_t5, cfg, other)
 

@@ -1,10 +1,8 @@
 """distill keeps going past a chain H cannot learn from: it goes to rejects with the reason."""
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from conftest import copy_run
+from conftest import copy_run, rewrite_stage
 from pipeline.chain import chain_problem
 from pipeline.config import load_config
 from pipeline.runner import run_stages
@@ -26,10 +24,7 @@ def test_distill_rejects_unusable_chains(finished_run, tmp_path):
     # two accepted chains, one of them from an older run, written before the parser refused '=>'
     # inside a tier
     seeds[1]["positive"] = ["be => animal", *seeds[1]["positive"][1:]]
-    files = store.stage("nli_filter").data_files()
-    for f in files[1:]:
-        f.unlink()
-    pq.write_table(pa.Table.from_pylist(seeds, schema=pq.read_schema(files[0])), files[0])
+    rewrite_stage(store, "nli_filter", seeds)
     store.stage("augment").clear()                                     # distill reads only nli_filter now
     m = run_stages(cfg, store, ["distill"])[0]
     assert (m["rows_in"], m["rows_out"], m["rows_rejected"]) == (2, 1, 1), m

@@ -2,7 +2,6 @@
 output as the uninterrupted run (the session's finished run)."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,18 +23,18 @@ def test_sigkill_mid_bulk_resumes_to_same_output(finished_run, tmp_path):
     assert set(ref.stage("bulk").manifest()["stats"]["engines"]) == {"h", "scorer"}
     cfg, store = copy_run(finished_run, tmp_path / "art", "killed")
     for s in ("bulk", "negatives", "export"):
-        shutil.rmtree(store.stage(s).path)
+        store.stage(s).clear()
     cmd = [sys.executable, "-m", "flows.cli", "stage", "bulk", "--no-prefect", "--root", str(tmp_path / "art"),
            "--run", "killed"]
     sd = store.stage("bulk")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(sd.data_files()) < 3:
+    while time.time() < deadline and len(getattr(store.working("bulk"), "data_files", list)()) < 3:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)          # the stage runs in a spawned child: kill the group
     proc.wait()
     n_units = ref.stage("bulk").manifest()["units"]
-    assert 3 <= len(sd.data_files()) < n_units and sd.manifest() is None
+    assert 3 <= len(store.working("bulk").data_files()) < n_units and sd.manifest() is None
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr

@@ -62,7 +62,7 @@ def test_partial_status_and_orphan_cleanup(tmp_path):
     run_stage(get_stage("ingest", cfg), store)
     sd = store.stage("ingest")
     sd.invalidate()                               # as if killed before the manifest
-    sd.unit_path(4).unlink()                      # ... and during the last unit
+    sd.record_path(4).unlink()                    # ... and during the last unit, before its commit record
     (sd.path / ".part-00004.parquet.tmp-1").write_bytes(b"junk")
     row = {r["stage"]: r for r in status_rows(cfg, store)}["ingest"]
     assert row["status"] == "partial" and row["rows_in"] == 40
@@ -81,13 +81,14 @@ def test_sigkill_mid_ingest_resumes_exactly(tmp_path):
            "--root", str(tmp_path / "art"), "--run", "killed",
            "--set", f"ingest.sources=[{{name: cc, path: {tsv}}}]", "--set", "ingest.unit_rows=20000"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sd = RunStore(tmp_path / "art", "killed").stage("ingest")
+    store = RunStore(tmp_path / "art", "killed")
     deadline = time.time() + 120
-    while time.time() < deadline and len(sd.data_files()) < 4:
+    while time.time() < deadline and len((store.working("ingest") or store.stage("ingest")).data_files()) < 4:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    n_before = len(sd.data_files())
+    n_before = len(store.working("ingest").data_files())
+    sd = store.stage("ingest")
     assert 4 <= n_before < 15 and sd.manifest() is None
     assert subprocess.run(cmd, cwd=REPO, capture_output=True).returncode == 0
     got, want = sd.read(), ref.stage("ingest").read()

@@ -4,15 +4,19 @@ pipe, and closing (or the child exiting) hands back all the memory the engine he
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 
 from .common import SubprocessError, engine_info
 from .generation import BaseGenerator, GeneratorConfig, GenRequest, SamplingConfig, as_requests, engine_class
 
 
-def _serve(conn, cfg_json: str) -> None:  # pragma: no cover - runs in the child
+def _serve(conn, cfg_json: str, parent: int) -> None:  # pragma: no cover - runs in the child
     import traceback
 
+    from ..locks import die_with_parent
+
+    die_with_parent(parent)   # an engine outliving its stage would hold its memory for good
     try:
         cfg = GeneratorConfig.model_validate_json(cfg_json)
         gen = engine_class(cfg.engine)(cfg)
@@ -50,7 +54,7 @@ class SubprocessGenerator(BaseGenerator):
         self._conn, child = ctx.Pipe()
         cfg_json = cfg.model_copy(update={"subprocess": False}).model_dump_json()
         # not a daemon: vLLM starts engine processes of its own, and a daemon may not have children
-        self._proc = ctx.Process(target=_serve, args=(child, cfg_json), daemon=False)
+        self._proc = ctx.Process(target=_serve, args=(child, cfg_json, os.getpid()), daemon=False)
         self._proc.start()
         child.close()
         self._lock = threading.Lock()

@@ -311,7 +311,6 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
         "steps": step, "epochs": step * cfg.grad_accum / mb_per_epoch, "pairs": len(pairs),
         "train_pairs": int(n_train), "eval_pairs": int(len(eval_idx)), "base_model": base, "lora": cfg.lora,
         "bf16": bf16, "device": str(device), "seed": seed, "fingerprint": fp,
-        "seconds_this_run": time.time() - t0,
     }
 
     final_model = raw_model.merge_and_unload() if cfg.lora else raw_model   # loads with plain from_pretrained
@@ -327,4 +326,5 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
         shutil.rmtree(model_dir)
     os.rename(tmp, model_dir)
     ck.fsync_dir(out)
-    return metrics
+    shutil.rmtree(ckpt_root, ignore_errors=True)   # only a resume needs them; the model is final
+    return {**metrics, "seconds_this_run": time.time() - t0}   # timings only in what is returned

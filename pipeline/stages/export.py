@@ -90,5 +90,5 @@ class Export(Stage):
         ctx.stats.update(files=files, source=origin, train=len(train), test=len(test))
         stages = lineage(ctx.store, ups)
         write_dataset_card(out, cfg.name, stages, train, test)
-        write_quality_report(out, ctx.store.run_id, stages, train + test)
+        write_quality_report(out, cfg.name, stages, train + test)
         ctx.stats["report"] = str(out / "report.md")

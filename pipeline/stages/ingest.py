@@ -80,29 +80,30 @@ class Ingest(Stage):
         cfg = self.ingest
         if not cfg.sources:
             raise StageError("ingest: no sources configured (ingest.sources is empty)")
-        limit = cfg.limit
         done = ctx.done_units()
         dedup = Deduper(cfg.dedup)
-        resume_rows = self._rebuild(ctx, dedup, done)
         unit_rows = cfg.unit_rows
         rows, rejects, g = [], [], 0
         for src in cfg.sources:
             path = str(resolve_path(src.path))
             try:
-                stream = _source_rows(src, limit)
-                for item in stream:
+                for item in _source_rows(src, cfg.limit):
                     g += 1
-                    if g <= resume_rows:
+                    unit = (g - 1) // unit_rows
+                    if unit in done:            # finished: its kept captions join the index, its rows are skipped
+                        if (g - 1) % unit_rows == 0:
+                            self._remember(ctx, dedup, unit)
                         continue
                     self._one(item, src, path, cfg, dedup, rows, rejects)
                     if g % unit_rows == 0:
-                        self._commit(ctx, g // unit_rows - 1, rows, rejects)
+                        self._commit(ctx, unit, rows, rejects)
                         rows, rejects = [], []
                         ctx.progress(g, None, f"{src.name}: {item.row} rows")
             except ReaderError as e:
                 raise StageError(f"ingest: {e}") from None
-        if g > resume_rows and (rows or rejects or g % unit_rows):
-            self._commit(ctx, (g - 1) // unit_rows, rows, rejects)
+        last = (g - 1) // unit_rows
+        if g % unit_rows and last not in done or g == 0 and 0 not in done:
+            self._commit(ctx, max(last, 0), rows, rejects)
         ctx.progress(g, g, "done", force=True)
         ctx.stats["sources"] = [s.name for s in cfg.sources]
 
@@ -110,19 +111,13 @@ class Ingest(Stage):
     def _commit(ctx, index, rows, rejects):
         ctx.commit(index, conform(rows, CAPTIONS), conform(rejects, REJECTS))
 
-    def _rebuild(self, ctx: StageContext, dedup: Deduper, done: dict[int, dict]) -> int:
-        """Re-seed the de-dup index from finished units; returns how many source rows they cover."""
-        k = 0
-        while k in done:
-            k += 1
-        for j in done:
-            if j >= k:  # beyond a gap: cannot happen with sequential commits, but never keep it
-                ctx.out.unit_path(j).unlink(missing_ok=True)
-        for i in range(k):
-            t = pq.read_table(ctx.out.unit_path(i), columns=["text", "positive", "source", "source_row"])
-            for rec in t.to_pylist():
-                dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}")
-        return k * self.ingest.unit_rows
+    @staticmethod
+    def _remember(ctx: StageContext, dedup: Deduper, unit: int) -> None:
+        """A finished unit's captions into the de-dup index, as if its rows had just been read: the
+        units after it (finished or not) see exactly what an uninterrupted run saw."""
+        t = pq.read_table(ctx.out.unit_path(unit), columns=["text", "positive", "source", "source_row"])
+        for rec in t.to_pylist():
+            dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}")
 
     def _one(self, item, src, path, cfg, dedup, rows, rejects):
         if isinstance(item, Bad):

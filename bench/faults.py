@@ -1,0 +1,180 @@
+"""Fault injection: faults at random points of every stage, then a plain rerun; the result must be
+exactly the rows of an uninterrupted run.
+
+For each (stage, fault) trial a copy of a finished reference run loses that stage (and what follows),
+the stage is run through the CLI with the fault injected, then rerun without it; the stage's
+tables (rows and rejects) are compared with the reference's and its manifest identity too.
+
+Faults: ``kill_group`` (SIGKILL of the CLI's whole process group at a random moment),
+``kill_parent`` (SIGKILL of the CLI process only; the stage process must die with it),
+``term_parent`` (SIGTERM of the CLI process only), ``disk_full`` (the run's writes fail with
+EFBIG past a random file size, RLIMIT_FSIZE), ``damage`` (a byte of a finished unit flipped
+after the stage finished), ``concurrent`` (two runs of the stage at once: one must be refused).
+
+    .venv/bin/python bench/faults.py --out bench/results/faults.json     # ~40 faults, tens of minutes
+    .venv/bin/python bench/faults.py --stages ingest export --faults kill_group --trials 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.registry import stage_names  # noqa: E402
+from pipeline.runner import run_stages  # noqa: E402
+from pipeline.store import RunStore  # noqa: E402
+
+STAGES = ("ingest", "seed", "nli_filter", "distill", "bulk", "negatives", "export")
+FAULTS = ("kill_group", "kill_parent", "term_parent", "disk_full", "damage", "concurrent")
+OVERRIDES = ["seed.max_captions=16", "seed.unit_rows=4", "augment.max_captions=8", "augment.unit_rows=4",
+             "distill.max_steps=40", "distill.save_every_steps=8", "bulk.max_captions=48", "bulk.unit_rows=6",
+             "negatives.unit_rows=6", "ingest.unit_rows=20", "nli_filter.unit_rows=4"]
+
+
+def cli(root: Path, run: str, stage: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "stage", stage, "--no-prefect", "--root", str(root), "--run", run]
+
+
+def downstream(stage: str) -> list[str]:
+    order = stage_names()
+    return [s for s in order[order.index(stage):] if s not in ("align", "bench")]
+
+
+def prepare(ref: RunStore, root: Path, run: str, stage: str, keep_stage: bool = False) -> RunStore:
+    store = RunStore(root, run)
+    shutil.copytree(ref.path, store.path, symlinks=True)
+    for s in downstream(stage)[(1 if keep_stage else 0):]:
+        store.stage(s).clear()
+    return store
+
+
+def same_as(ref: RunStore, store: RunStore, stage: str) -> tuple[bool, int]:
+    """Equal to the reference (rows, rejects, manifest identity); rows lost (negative: extra)."""
+    a, b = ref.stage(stage), store.stage(stage)
+    if b.manifest() is None:
+        return False, a.manifest()["rows_out"]
+    ta, tb = a.read(), b.read()
+    equal = ta.equals(tb) and a.read_rejects().equals(b.read_rejects()) and a.manifest_hash() == b.manifest_hash()
+    return equal, ta.num_rows - tb.num_rows
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, **kw)
+
+
+def inject(fault: str, store: RunStore, stage: str, root: Path, rng: random.Random, wall: float,
+           limit: int | None = None) -> dict:
+    """Run the stage with the fault; returns what happened (injected: the fault hit a running stage).
+    ``limit``: the file size past which writes fail (disk_full; default random)."""
+    cmd = cli(root, store.run_id, stage)
+    if fault == "damage":
+        units = sorted(store.stage(stage).done_units())
+        target = store.stage(stage).unit_path(rng.choice(units))
+        data = bytearray(target.read_bytes())
+        data[rng.randrange(len(data))] ^= 0xFF
+        target.write_bytes(bytes(data))
+        return {"injected": True, "at": target.name}
+    if fault == "disk_full":
+        limit = limit or rng.choice([1 << 10, 4 << 10, 16 << 10, 64 << 10])
+
+        def cap():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        done = run(cmd, preexec_fn=cap)
+        one_line = [ln for ln in done.stderr.splitlines() if ln.startswith("hierarcaps: error:")]
+        return {"injected": done.returncode != 0, "at": f"files > {limit} B", "exit": done.returncode,
+                "clean_error": bool(one_line) and "Traceback" not in done.stderr}
+    if fault == "concurrent":
+        procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        outs = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
+        refused = [o for o in outs if o[0] == 2 and "in use by" in o[1]]
+        return {"injected": True, "at": "two at once", "refused": len(refused), "exits": [o[0] for o in outs]}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    at = rng.uniform(0.15, 0.95) * wall
+    try:
+        proc.wait(timeout=at)
+        return {"injected": False, "at": f"{at:.1f}s (finished first)"}
+    except subprocess.TimeoutExpired:
+        pass
+    if fault == "kill_group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL if fault == "kill_parent" else signal.SIGTERM)
+    proc.wait()
+    t_kill = time.time()
+    while time.time() - t_kill < 10 and (stray := _group(proc.pid)):   # the stage process ends with its parent
+        time.sleep(0.1)
+    stray = _group(proc.pid)
+    for pid in stray:
+        os.kill(pid, signal.SIGKILL)
+    return {"injected": True, "at": f"{at:.1f}s", "stray_processes": len(stray),
+            "group_gone_after_s": round(time.time() - t_kill, 1)}
+
+
+def _group(pgid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", nargs="*", default=list(STAGES))
+    ap.add_argument("--faults", nargs="*", default=list(FAULTS))
+    ap.add_argument("--trials", type=int, default=1, help="trials per (stage, fault)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "faults.json")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        root = Path(td) / "art"
+        cfg = load_config("tiny", overrides=[*OVERRIDES, f"run.root={root}"])
+        ref = RunStore(root, "ref")
+        run_stages(cfg, ref)
+        walls = {s: ref.stage(s).manifest()["wall_s"] + 6.0 for s in STAGES}   # + CLI and model start-up
+        n = 0
+        for stage in args.stages:
+            for fault in args.faults:
+                for _ in range(args.trials):
+                    n += 1
+                    store = prepare(ref, root, f"t{n}", stage, keep_stage=(fault == "damage"))
+                    t0 = time.time()
+                    what = inject(fault, store, stage, root, rng, walls[stage])
+                    rerun = run(cli(root, store.run_id, stage))
+                    equal, lost = same_as(ref, store, stage)
+                    row = {"stage": stage, "fault": fault, **what, "rerun_exit": rerun.returncode,
+                           "survived": rerun.returncode == 0 and equal, "rows_lost": lost,
+                           "seconds": round(time.time() - t0, 1)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    shutil.rmtree(store.path, ignore_errors=True)
+    injected = [r for r in rows if r["injected"]]
+    summary = {"trials": len(rows), "injected": len(injected), "survived": sum(r["survived"] for r in injected),
+               "rows_lost": sum(abs(r["rows_lost"]) for r in injected),
+               "by_fault": {f: {"injected": sum(r["fault"] == f for r in injected),
+                                "survived": sum(r["survived"] for r in injected if r["fault"] == f),
+                                "rows_lost": sum(abs(r["rows_lost"]) for r in injected if r["fault"] == f)}
+                            for f in args.faults}}
+    args.out.write_text(json.dumps({"summary": summary, "trials": rows, "overrides": OVERRIDES}, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
