@@ -1,5 +1,10 @@
 """The `hierarcaps` command line: it sits beside the Prefect flows because it runs them, serves
-them and hands the test set to curation; the library (pipeline/) imports neither."""
+them and hands the test set to curation; the library (pipeline/) imports neither.
+
+Bad input (a config, a source file, a model id, a curation file) ends in one line,
+``hierarcaps: error: <where>: <reason>``, and exit status 2; ``--debug`` shows the traceback
+instead. Anything else is a bug: its traceback is shown, followed by one summary line (status 1).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,15 @@ import json
 import logging
 import os
 import sys
+import traceback
+
+USAGE_ERROR = 2      # bad input, as argparse uses it
+INTERNAL_ERROR = 1
+
+
+def _debug_flag(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the traceback of an error instead of one line")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -19,7 +33,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="hierarcaps", description=__doc__)
+    ap = argparse.ArgumentParser(prog="hierarcaps", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _debug_flag(ap, False)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("run", help="run the pipeline (default stages) through the Prefect flow")
@@ -62,24 +78,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-models", help="build (or locate) the offline tiny models")
     p.add_argument("--cache-dir")
+    for p in sub.choices.values():     # --debug before or after the command (SUPPRESS keeps the first)
+        _debug_flag(p, argparse.SUPPRESS)
     return ap
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: a header ending in ':' runs into the first item, items join with '; '."""
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    if not parts:
+        return ""
+    head, rest = parts[0], parts[1:]
+    return f"{head} {'; '.join(rest)}" if head.endswith(":") and rest else "; ".join(parts)
+
+
+def user_error(e: BaseException) -> str | None:
+    """``<where>: <reason>`` for an error caused by the input, None for one that is a bug."""
+    from pipeline.config import ConfigError
+    from pipeline.errors import UserError
+    from pipeline.io.readers import ReaderError
+    from pipeline.prompts import PromptError
+
+    if isinstance(e, (ConfigError, UserError, ReaderError, PromptError)):
+        return _one_line(str(e))
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) and " " in e.args[0]:
+        return _one_line(e.args[0])      # a sentence (unknown stage, no such field), not a bare dict key
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text: {e.reason} at byte {e.start}"
+    if isinstance(e, OSError):           # a bad path, no permission, disk full
+        where = ": ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return _one_line(f"{where}: {e.strerror or e}" if where else str(e))
+    if type(e) is RuntimeError and " crashed in its process:" in str(e):
+        # execute.py's report of an isolated stage's crash: the stage, the child's exception, its traceback
+        head, _, child = str(e).partition("\n")
+        exc = _one_line(child.split("\nTraceback (most recent call last)")[0])
+        return f"{head} {exc} (--debug shows its traceback)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = build_parser().parse_args(argv)
-    from pipeline.config import ConfigError
-    from pipeline.errors import UserError
-    from pipeline.io.readers import ReaderError
-
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:          # argparse has printed its usage and "hierarcaps: error: ..."
+        return e.code if isinstance(e.code, int) else USAGE_ERROR
     try:
         return _dispatch(args)
-    except (ConfigError, UserError, ReaderError, KeyError, FileNotFoundError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"hierarcaps: error: {msg}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("hierarcaps: interrupted (finished units are kept; rerun to resume)", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        if (msg := user_error(e)) is not None:
+            print(f"hierarcaps: error: {msg}", file=sys.stderr)
+            return USAGE_ERROR
+        traceback.print_exc()
+        print(f"hierarcaps: internal error: {type(e).__name__}: {_one_line(str(e))[:500]} "
+              "(a bug: the traceback above shows where)", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 def _dispatch(args) -> int:
@@ -104,8 +165,8 @@ def _dispatch(args) -> int:
     if args.cmd == "status":
         config, store = runner.resolve(run_id=args.run_id, root=args.root)
         if not store.exists():
-            print(f"hierarcaps: error: no run '{args.run_id}' under {store.root}/runs", file=sys.stderr)
-            return 2
+            print(f"hierarcaps: error: {store.root}/runs: no run '{args.run_id}'", file=sys.stderr)
+            return USAGE_ERROR
         rows = runner.status_rows(config, store)
         print(json.dumps(rows, indent=2) if args.json else runner.format_status(rows))
         return 0

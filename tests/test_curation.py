@@ -2,7 +2,7 @@ import csv
 
 import pytest
 
-from curation.curate import HEADER, export_for_curation, import_curation
+from curation.curate import HEADER, escape_cell, export_for_curation, import_curation, unescape_cell
 from pipeline.config import load_config
 from pipeline.runner import run_stages
 from pipeline.stage import StageError
@@ -40,3 +40,12 @@ def test_curation_export_edit_import(tmp_path):
     with pytest.raises(StageError, match="missing columns"):
         (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
         import_curation(store, cfg.export, tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "-5 dogs", "+dog", "@dog", "\tdog", "\rdog", "'=x", "''-x", "'dog", "dog",
+                                  "", "=", "'", "''", "a=b", "- "])
+def test_formula_escape_is_exactly_undone(cell):
+    escaped = escape_cell(cell)
+    assert unescape_cell(escaped) == cell
+    assert escaped[:1] not in ("=", "+", "-", "@", "\t", "\r")
+    assert escaped == cell or escaped == "'" + cell

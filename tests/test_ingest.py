@@ -115,6 +115,7 @@ def test_whole_file_errors_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(StageError, match=r"bad\.json: invalid JSON at line 1"):
         ingest(tmp_path, [{"name": "x", "path": str(tmp_path / "bad.json")}])
+    (tmp_path / "x.txt").write_text("a caption\n")
     with pytest.raises(ReaderError, match="cannot detect format"):
         list(read_source(tmp_path / "x.txt"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -50,23 +51,68 @@ def prompt_key(*prompt_ids: str) -> dict:
     return {"prompts": {pid: load_prompt(pid).hash for pid in prompt_ids}, "exemplars": files}
 
 
+# what a subprocess engine's child reports when its model will not load (the loaders' OSErrors)
+CHILD_LOAD_ERRORS = ("OSError", "FileNotFoundError", "LocalEntryNotFoundError", "RepositoryNotFoundError")
+
+
+def _refuse_missing(field: str, model_id: str) -> None:
+    """Refuse, before anything loads, a model that cannot exist: an unknown tiny id, or a local path
+    (absolute, ``./``, ``~``, or with more than one ``/``, which no hub id has) that is missing or
+    a file. What else cannot load (a folder without config.json, an id not in the cache offline)
+    surfaces as the loader's OSError, which :func:`_load` words the same way."""
+    from ..models.tiny import TINY_IDS
+
+    if model_id.startswith("tiny/") and model_id not in TINY_IDS:
+        raise StageError(f"{field}: unknown tiny model {model_id!r}; tiny models are {sorted(TINY_IDS)}")
+    p = Path(model_id).expanduser()
+    local = model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1
+    if local and not p.exists():
+        raise StageError(f"{field}: {model_id!r}: no such model folder")
+    if p.is_file() and p.suffix != ".gguf":
+        raise StageError(f"{field}: {model_id!r} is a file, not a model folder")
+
+
+def _load(field: str, model_id: str, build: Callable):
+    """``build()``, with a model that will not load (not found offline, unreadable) as a StageError
+    naming the config field and the id; the child of a subprocess engine reports it as text."""
+    from ..backends.common import SubprocessError
+
+    try:
+        return build()
+    except (OSError, SubprocessError) as e:
+        if isinstance(e, SubprocessError) and not str(e).startswith(CHILD_LOAD_ERRORS):
+            raise
+        why = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        hint = " (HF_HUB_OFFLINE is set: only local folders and models already in the cache load)" \
+            if offline and not Path(model_id).exists() else ""
+        raise StageError(f"{field}: cannot load {model_id!r}: {why}{hint}") from e
+
+
 def open_generator(ctx: StageContext, cfg: GeneratorConfig):
     from ..backends.factory import make_generator
 
-    return make_generator(cfg.model_copy(update={"model": ctx.model_path(cfg.model)}))
+    field = "models.generator.model"           # every stage that opens a generator reads it there
+    _refuse_missing(field, cfg.model)
+    return _load(field, cfg.model, lambda: make_generator(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
 
 def open_scorer(ctx: StageContext, cfg: NliConfig):
     from ..backends.nli import NliScorer
 
-    return NliScorer(cfg.model_copy(update={"model": ctx.model_path(cfg.model)}))
+    field = "models.nli.model"                 # every stage that opens a scorer reads it there
+    _refuse_missing(field, cfg.model)
+    return _load(field, cfg.model, lambda: NliScorer(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
 
 def open_h(ctx: StageContext, gen: GenConfig) -> Completer:
     """H as distill saved it in this run (its input format travels with it)."""
     from ..completer import Completer
 
-    return Completer(ctx.upstream("distill").path / "h" / "model", gen)
+    path = ctx.upstream("distill").path / "h" / "model"
+    if not (path / "config.json").is_file():
+        raise StageError(f"distill's H model {path} is missing or incomplete; rerun distill with --force")
+    return _load(f"H ({path})", str(path), lambda: Completer(path, gen))
 
 
 def call_sampling(sampling: StageSampling, prompt: PromptTemplate, random_seed: int) -> SamplingConfig:

@@ -70,10 +70,15 @@ class Ingest(Stage):
     ingest: IngestSection
 
     def key_material(self) -> dict:
+        """Input file digests; a source that is missing, a folder or unreadable keys as such (the
+        reader then refuses it with the reason)."""
         files = {}
         for s in self.ingest.sources:
             p = resolve_path(s.path)
-            files[s.name] = file_digest(p) if p.exists() else "missing"
+            try:
+                files[s.name] = file_digest(p) if p.is_file() else "missing"
+            except OSError:
+                files[s.name] = "unreadable"
         return {"files": files}
 
     def process(self, ctx: StageContext) -> None:
