@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from pipeline.chain import N_TIERS, chain_problem, is_chain
 from pipeline.config import ExportSection
+from pipeline.hashing import digest
 from pipeline.io.writers import test_rows, write_csv
 from pipeline.schemas import CHAINS, REJECTS, conform, reject
 from pipeline.stage import StageError
@@ -175,13 +176,14 @@ def import_curation(store: RunStore, export: ExportSection, path: str | Path) ->
         kept.append({**orig, "chain_id": cid, "orig_id": r["id"], "image_url": r["image_url"] or None,
                      "positive": tiers, "split": "test", "stage": "curation", "note": r.get("note") or None,
                      "edited": changed})
-    sd = store.stage("curated")
-    sd.clear()
-    sd.write_unit(0, conform(kept, CURATED), conform(rejects, REJECTS),
-                  {"rows_in": len(kept) + len(rejects), "rows_out": len(kept), "rows_rejected": len(rejects)})
-    n = write_csv(sd.path / f"{export.name}_test.csv", *test_rows(kept))
-    manifest = {"stage": "curated", "source_file": str(path), "rows_in": len(kept) + len(rejects), "rows_out": n,
-                "rows_rejected": len(rejects), "dropped": dropped, "edited": edited, "wall_s": 0.0,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    sd.write_manifest(manifest)
+    with store.lock("curation-import"):     # written aside, then switched in: a failure keeps the last import
+        sd = store.attempt("curated", digest(text), fresh=True)
+        sd.write_unit(0, conform(kept, CURATED), conform(rejects, REJECTS),
+                      {"rows_in": len(kept) + len(rejects), "rows_out": len(kept), "rows_rejected": len(rejects)})
+        n = write_csv(sd.path / f"{export.name}_test.csv", *test_rows(kept))
+        manifest = {"stage": "curated", "source_file": str(path), "rows_in": len(kept) + len(rejects), "rows_out": n,
+                    "rows_rejected": len(rejects), "dropped": dropped, "edited": edited, "wall_s": 0.0,
+                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        sd.write_manifest(manifest)
+        store.publish("curated", sd)
     return manifest

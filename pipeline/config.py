@@ -305,7 +305,8 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
         lines = []
         for err in e.errors():
             loc = tuple(str(x) for x in err["loc"])
-            origin = next((o for o, d in reversed(layers) if _has(d, loc) or _has(d, loc[:-1])), "defaults")
+            origin = next((o for o, d in reversed(layers) if _has(d, loc) or len(loc) > 1 and _has(d, loc[:-1])),
+                          "defaults")
             lines.append(f"{origin}: {'.'.join(loc)}: {err['msg']}")
         raise ConfigError("invalid config: " + lines[0] if len(lines) == 1 else
                           "invalid config:\n  " + "\n  ".join(lines)) from None

@@ -269,9 +269,7 @@ CONFIG_CASES = [
     ("unknown_field.yaml", "ingest.sourcse: Extra inputs are not permitted"),
     ("out_of_range.yaml", "ingest.unit_rows: Input should be greater than or equal to 1"),
     ("wrong_type.yaml", "ingest.min_chars: Input should be a valid integer"),
-    pytest.param("section_not_mapping.yaml", "ingest: Input should be a valid dictionary", marks=pytest.mark.xfail(
-        strict=True, reason="pipeline/config.py load_config blames the last layer for an error at a top-level "
-                            "key (loc[:-1] is empty, so every layer 'has' it): here --root's --set run.root")),
+    ("section_not_mapping.yaml", "ingest: Input should be a valid dictionary"),
 ]
 
 

@@ -105,6 +105,12 @@ def open_scorer(ctx: StageContext, cfg: NliConfig):
     return _load(field, cfg.model, lambda: NliScorer(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
 
+def base_model(ctx: StageContext, model_id: str) -> str:
+    """The checkpoint distill fine-tunes, refused early when it cannot exist."""
+    _refuse_missing("models.completer_base.model", model_id)
+    return ctx.model_path(model_id)
+
+
 def open_h(ctx: StageContext, gen: GenConfig) -> Completer:
     """H as distill saved it in this run (its input format travels with it)."""
     from ..completer import Completer

@@ -18,7 +18,7 @@ from ..prompts import load_exemplars
 from ..schemas import CHAINS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
-from .common import model_key, open_scorer, prompt_key
+from .common import base_model, model_key, open_scorer, prompt_key
 
 CHECK_GEN = GenConfig(max_new_tokens=64)   # how H writes the held-out chains it is checked on
 
@@ -63,7 +63,7 @@ class Distill(Stage):
             chains += [e["positive"] for e in load_exemplars()]
         pairs = make_training_pairs(chains, cfg)
         out_dir = ctx.out.path / "h"
-        metrics = train_completer(pairs, ctx.model_path(self.base.model), cfg, out_dir, fmt=cfg,
+        metrics = train_completer(pairs, base_model(ctx, self.base.model), cfg, out_dir, fmt=cfg,
                                   revision=self.base.revision, seed=self.random_seed,
                                   progress=lambda s, t: ctx.progress(s, t, "optimizer steps"))
         stats = {"chains": len(usable), "train_chains": len(train), "held_out_chains": len(held),
