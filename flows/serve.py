@@ -9,8 +9,9 @@ code 0 within a few seconds, in this order:
 1. the deployment runner, with Prefect's own `Runner.astop()`: a flow run in progress is cancelled
    (its flow-run process gets SIGTERM from the runner and the run ends Cancelled, "Runner is
    shutting down."), the poll loop ends, the deployments are paused;
-2. the stage process of that run (pipeline.execute runs model stages in a spawned child, which the
-   runner does not know about): SIGTERM here, SIGKILL if it is still there after a grace period;
+   the flow-run process ends the stage process it started (pipeline.execute terminates an
+   isolated stage when its run is interrupted, and a stage process dies with its parent);
+2. anything this command started that is still there: SIGTERM, then SIGKILL after a grace period;
 3. the Prefect server, if this command started it (SIGTERM: uvicorn's graceful shutdown).
 
 What the run store holds (finished stages, finished units of a partial stage) stays; running the
@@ -53,7 +54,6 @@ DEPLOYMENTS = {
 }
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
 RUNNER_STOP_BUDGET = 6.0  # s for the runner to cancel runs, pause the deployments, close its clients
-STAGE_GRACE = 0.5  # s the runner gets to signal a flow-run process before its stage process is signalled
 PROCESS_GRACE = 3.0  # s between SIGTERM and SIGKILL for a process of the tree
 SERVER_GRACE = 10.0  # s between SIGTERM and SIGKILL for the Prefect server
 
@@ -236,13 +236,6 @@ def _terminate(procs: list, grace: float = PROCESS_GRACE) -> None:
             pass
 
 
-def _ppid(p) -> int | None:
-    try:
-        return p.ppid()
-    except Exception:  # psutil.Error: gone
-        return None
-
-
 def _flush_prefect_clients() -> None:
     """Send the logs and events this process still queues for the API while the server is up
     (otherwise Prefect sends them at exit, to a stopped server: "Error logging to API")."""
@@ -285,12 +278,6 @@ def serve_deployments(stop: StopSignals | None = None, exclude_pids: set[int] = 
         return
     print(f"{stop.name} received: stopping the deployment runner...", flush=True)
     started = _descendants(exclude_pids)  # flow-run processes and their stage processes, now
-    worker.join(STAGE_GRACE)  # the runner signals the flow-run processes...
-    stage_procs = [p for p in started if _ppid(p) != os.getpid()]
-    if stage_procs and worker.is_alive():
-        # ...but a flow-run process that was told to cancel exits through multiprocessing's
-        # exit-time join of its (non-daemon) stage process, and a killed one orphans it
-        _terminate(stage_procs)
     worker.join(max(stop.at + RUNNER_STOP_BUDGET + 2.5 - time.monotonic(), 0.1))
     if worker.is_alive():
         log.warning("the deployment runner thread did not end; abandoning it")

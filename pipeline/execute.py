@@ -112,19 +112,26 @@ def _execute_isolated(stage: Stage, ctx: StageContext, lock, poll: float = 1.0) 
     child.close()
     last = None
     result = None
-    while True:
-        if parent.poll(poll):
-            try:
-                result = parent.recv()
-            except EOFError:
-                result = None
-            break
-        p = ctx.out.progress()
-        if p and p != last and ctx.on_progress:
-            ctx.on_progress(p["done"], p["total"], p.get("note", ""))
-            last = p
-        if not proc.is_alive():
-            break
+    try:
+        while True:
+            if parent.poll(poll):
+                try:
+                    result = parent.recv()
+                except EOFError:
+                    result = None
+                break
+            p = ctx.out.progress()
+            if p and p != last and ctx.on_progress:
+                ctx.on_progress(p["done"], p["total"], p.get("note", ""))
+                last = p
+            if not proc.is_alive():
+                break
+    except BaseException:          # interrupted (Ctrl-C, a cancelled flow run): the stage ends with us
+        proc.terminate()
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+        raise
     proc.join()
     if result is None:
         raise StageError(f"stage '{stage.name}' process died (exit code {proc.exitcode}); "
