@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from .errors import UserError
 from .hashing import digest
+from .io.atomic import atomic_write_json, fsync_path
 from .schemas import REJECTS
 
 MANIFEST = "manifest.json"
@@ -59,29 +60,6 @@ def file_sum(path: Path) -> list:
     return [path.stat().st_size, h.hexdigest()]
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-
-
 def _write_table(path: Path, table: pa.Table, meta: dict | None = None) -> Path:
     """Write to a temp file (fsynced) and return it: the caller renames it into place."""
     if meta:
@@ -90,7 +68,7 @@ def _write_table(path: Path, table: pa.Table, meta: dict | None = None) -> Path:
         table = table.replace_schema_metadata(md)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, compression="zstd")
-    _fsync(tmp)
+    fsync_path(tmp)
     return tmp
 
 

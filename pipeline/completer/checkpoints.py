@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..io.atomic import fsync_path  # noqa: F401  (train.py uses it as ck.fsync_path)
+
 STATE = "state.json"     # written last: its presence marks a complete checkpoint
 
 
@@ -40,19 +42,6 @@ def set_rng_state(st: dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def checkpoints(root: Path) -> list[Path]:
@@ -92,7 +81,7 @@ def save(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: 
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    fsync_dir(root)
+    fsync_path(root)
     for old in checkpoints(root)[:-max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
     return final

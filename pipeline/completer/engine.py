@@ -9,7 +9,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..backends.common import length_buckets, release_gpu_cache, resolve_device, resolve_dtype, restore_order
+from ..backends.common import (
+    length_buckets,
+    release_gpu_cache,
+    resolve_device,
+    resolve_dtype,
+    restore_order,
+)
 from .format import PairFormat, load_format
 
 Progress = Callable[[int, int], None]

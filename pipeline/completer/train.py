@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..backends.common import length_buckets, resolve_device
+from ..io.atomic import fsync_path
 from . import checkpoints as ck
 from .format import PairFormat, save_format
 
@@ -195,7 +196,12 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
     """
     import torch
     from accelerate import Accelerator
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+        set_seed,
+    )
 
     fmt = fmt or PairFormat()
     pairs = [(str(s), str(t)) for s, t in pairs]
@@ -325,6 +331,6 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
     if model_dir.exists():
         shutil.rmtree(model_dir)
     os.rename(tmp, model_dir)
-    ck.fsync_dir(out)
+    fsync_path(out)
     shutil.rmtree(ckpt_root, ignore_errors=True)   # only a resume needs them; the model is final
     return {**metrics, "seconds_this_run": time.time() - t0}   # timings only in what is returned
