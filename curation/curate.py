@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.chain import N_TIERS, chain_problem, is_chain
 from pipeline.config import ExportSection
 from pipeline.hashing import digest
-from pipeline.io.writers import test_rows, write_csv
+from pipeline.io.writers import test_id_of, test_rows, write_csv
 from pipeline.schemas import CHAINS, REJECTS, conform, reject
 from pipeline.stage import StageError
 from pipeline.stages.export import CHAIN_TABLES, chain_table
@@ -53,7 +53,12 @@ def unescape_cell(value: str) -> str:
 
 
 def _test_chains(store: RunStore, export: ExportSection) -> list[dict]:
-    """Test-split chains of the table export reads (the furthest finished of negatives, bulk, ingest)."""
+    """The test set export drew (one chain per image, ids 0..N-1) when export has run; else the
+    test-split chains of the table export reads (the furthest finished of negatives, bulk, ingest)."""
+    if store.stage("export").manifest() is not None:
+        rows = [r for r in store.stage("export").read().to_pylist() if r.get("test_id") is not None]
+        if rows:
+            return sorted(rows, key=lambda r: r["test_id"])
     table = chain_table(store)
     if table is None:
         raise StageError(f"run {store.run_id} has no finished chain table ({', '.join(CHAIN_TABLES)})")
@@ -66,7 +71,7 @@ def export_for_curation(store: RunStore, export: ExportSection, out: str | Path)
     out = Path(out)
     if out.is_dir():
         raise StageError(f"{out}: is a directory; give the CSV file to write")
-    rows = [[escape_cell(v) for v in (c.get("orig_id") or str(i), c.get("chain_id") or c.get("caption_id"),
+    rows = [[escape_cell(v) for v in (test_id_of(c, i), c.get("chain_id") or c.get("caption_id"),
                                       c.get("image_url") or "", *c["positive"], "yes", "")]
             for i, c in enumerate(chains)]
     return write_csv(out, HEADER, rows)

@@ -27,6 +27,7 @@ from .completer.engine import GenConfig
 from .completer.format import PairFormat
 from .completer.train import TrainConfig
 from .judge import JudgeConfig
+from .testset import TestSection
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,7 @@ class IngestSection(Section):
     min_chars: int = Field(3, ge=1)
     max_chars: int = Field(1000, ge=10)   # longer captions are rejected, not truncated
     dedup: Literal["normalized", "exact", "none"] = "normalized"
+    dedup_scope: Literal["image", "global"] = "image"   # the same caption on two images: two items, or one
     limit: int | None = Field(None, ge=1)  # cap on rows read from each source (the flow's `limit`)
     clean_chains: bool = False            # given chains (HierarCaps CSVs) are curated: kept verbatim
 
@@ -115,6 +117,8 @@ class DistillSection(TrainConfig, PairFormat):
 
     model_config = ConfigDict(extra="forbid")
     include_exemplars: bool = False       # also learn from prompts/exemplars.jsonl (hand-written chains)
+    heldout_fraction: float = Field(0.02, ge=0, lt=1)   # chains held out for the eval loss and the check of H
+    heldout_max: int = Field(200, ge=1)
 
 
 class BulkSection(GenConfig):
@@ -134,6 +138,7 @@ class NegativesSection(GenConfig):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     tries: int = Field(4, ge=1)           # candidate samples per tier before giving up
+    select: Literal["best", "first"] = "best"   # best: max min(P(entail tier k-1), P(contradict tier k))
     entail_threshold: float = Field(0.5, ge=0, le=1)
     contradict_threshold: float = Field(0.5, ge=0, le=1)
     unit_rows: int = Field(1024, ge=1)
@@ -167,6 +172,7 @@ RENAMED = {
     "run.seed": "run.random_seed",
     "models.completer": "models.completer_base",
     "seed.max_words": "rules.max_words",
+    "distill.eval_fraction": "distill.heldout_fraction",
 }
 
 
@@ -206,6 +212,7 @@ class PipelineConfig(Section):
     distill: DistillSection = DistillSection()
     bulk: BulkSection = BulkSection()
     negatives: NegativesSection = NegativesSection()
+    test: TestSection = TestSection()
     export: ExportSection = ExportSection()
     align: AlignSection = AlignSection()
     bench: BenchSection = BenchSection()

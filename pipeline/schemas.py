@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2   # 2: image_id on chains; seed -> random_seed, raw -> llm_output / excerpt, source -> origin
+SCHEMA_VERSION = 3   # 2: image_id on chains; seed -> random_seed, raw -> llm_output / excerpt, source -> origin
+                     # 3: neg_select, test_id; NEG_SCORE.passing
 
 # One NLI judgement of a link: premise = the more specific text, hypothesis = the more general.
 LINK_SCORE = pa.struct(
@@ -29,7 +30,8 @@ NEG_SCORE = pa.struct(
         ("tier", pa.int8()),                    # 1-based tier k of the negative
         ("entails_prev", pa.float32()),         # P(entailment | premise=neg_k, hyp=pos_{k-1}); 1.0 for k=1
         ("contradicts_pos", pa.float32()),      # P(contradiction | premise=pos_k, hyp=neg_k)
-        ("tries", pa.int16()),
+        ("tries", pa.int16()),                  # 1-based index of the chosen candidate among the tries
+        ("passing", pa.int16()),                # how many of the tries passed both checks
     ]
 )
 
@@ -63,6 +65,8 @@ CHAINS = pa.schema(
         ("link_scores", pa.list_(LINK_SCORE)),    # positive links judged by NLI
         ("neg_scores", pa.list_(NEG_SCORE)),
         ("neg_missing_reason", pa.string()),      # why an item has no full negative chain
+        ("neg_select", pa.string()),              # how negatives were chosen among passing candidates
+        ("test_id", pa.int64()),                  # id in the test set to curate (export), else null
         # provenance
         ("stage", pa.string()),
         ("model", pa.string()),

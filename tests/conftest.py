@@ -41,30 +41,58 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-def write_run_inputs(folder: Path, n_test: int = 25) -> tuple[Path, Path, set[str]]:
-    """examples/captions.tsv split into a CC-format TSV (train) and a COCO captions JSON (test)."""
+def coco_test_captions() -> list[tuple[str, str]]:
+    """(image file name, caption) for a COCO-format test split with several captions per image:
+    real COCO val captions and image ids from ../shared when it is there, else examples/captions.tsv
+    grouped five to an image."""
+    import csv
+    import gzip
+
+    from _shared import EXPANDED
+
+    if EXPANDED.exists():
+        with gzip.open(EXPANDED, "rt", encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        images = list(dict.fromkeys(r["image_url"] for r in rows))[:12]
+        return [(r["image_url"].rsplit("/", 1)[-1], r["positive"].split(" => ")[-1]) for r in rows
+                if r["image_url"] in set(images)]
+    lines = (REPO / "examples" / "captions.tsv").read_text(encoding="utf-8").splitlines()[:25]
+    return [(f"COCO_val2014_{i // 5 + 1:012d}.jpg", ln.split("\t")[0]) for i, ln in enumerate(lines)]
+
+
+def write_run_inputs(folder: Path) -> tuple[Path, Path, set[str]]:
+    """A CC-format TSV (train: examples/captions.tsv) and a COCO captions JSON (test)."""
     import json
 
-    lines = [ln for ln in (REPO / "examples" / "captions.tsv").read_text(encoding="utf-8").splitlines()
-             if ln.count("\t") == 1]
-    test, train = lines[:n_test], lines[n_test:]
+    from pipeline.testset import coco_image_id
+
+    test = coco_test_captions()
+    test_caps = {c for _, c in test}
+    train = [ln for ln in (REPO / "examples" / "captions.tsv").read_text(encoding="utf-8").splitlines()
+             if ln.count("\t") == 1 and ln.split("\t")[0] not in test_caps]
     tsv = folder / "cc_train.tsv"
     tsv.write_text("".join(f"{ln}\n" for ln in train), encoding="utf-8")
-    coco = {"images": [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg",
-                        "coco_url": f"http://images.cocodataset.org/val2014/COCO_val2014_{i:012d}.jpg"}
-                       for i in range(n_test)],
-            "annotations": [{"id": 1000 + i, "image_id": i, "caption": ln.split("\t")[0]} for i, ln in enumerate(test)]}
+    names = list(dict.fromkeys(name for name, _ in test))
+    coco = {"images": [{"id": int(coco_image_id(n)), "file_name": n,
+                        "coco_url": f"http://images.cocodataset.org/val2014/{n}"} for n in names],
+            "annotations": [{"id": 1000 + i, "image_id": int(coco_image_id(n)), "caption": c}
+                            for i, (n, c) in enumerate(test)]}
     js = folder / "captions_val.json"
     js.write_text(json.dumps(coco), encoding="utf-8")
-    return tsv, js, {ln.split("\t")[0] for ln in test}
+    return tsv, js, test_caps
 
 
 def run_overrides(root: Path, tsv: Path, js: Path) -> dict:
-    """The finished run's config on top of the tiny preset: both sources, bulk in small units."""
+    """The finished run's config on top of the tiny preset: both sources, bulk in small units, the
+    paper's test side in small (all but two of the test images; a set to curate of a few)."""
+    import json
+
+    n_images = len(json.loads(js.read_text())["images"])
     return {"run": {"root": str(root)},
             "ingest": {"sources": [{"name": "coco_val", "path": str(js), "split": "test"},
                                    {"name": "cc", "path": str(tsv), "split": "train"}]},
-            "bulk": {"unit_rows": 8}, "negatives": {"unit_rows": 16}}
+            "bulk": {"unit_rows": 8}, "negatives": {"unit_rows": 16},
+            "test": {"images": n_images - 2, "curate": n_images // 2}}
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def test_chain_problem_reasons():
 @pytest.mark.slow
 def test_distill_rejects_unusable_chains(finished_run, tmp_path):
     cfg, store = copy_run(finished_run, tmp_path)
-    cfg = load_config(base=cfg.model_dump(mode="json"), overrides=["distill.max_steps=2", "distill.eval_fraction=0"])
+    cfg = load_config(base=cfg.model_dump(mode="json"), overrides=["distill.max_steps=2", "distill.heldout_fraction=0"])
     seeds = store.stage("nli_filter").read().to_pylist()[:2]
     assert len(seeds) == 2, "the finished run accepted fewer than 2 seed chains"
     # two accepted chains, one of them from an older run, written before the parser refused '=>'

@@ -2,6 +2,7 @@
 95 CC-format train captions and 25 COCO-format test captions)."""
 
 import csv
+import json
 
 from pipeline.chain import N_TIERS, TIER_SEP
 from pipeline.registry import default_stages
@@ -27,7 +28,9 @@ def test_flow_tiny_end_to_end(finished_run):
     st = {r["stage"]: r for r in status_rows(cfg, store)}
     assert all(st[s]["status"] == "done" for s in default_stages()), st
     assert st["align"]["status"] == st["bench"]["status"] == "missing"        # off by default
-    assert st["ingest"]["rows_in"] == 120
+    tsv, js = finished_run["inputs"]
+    coco = json.loads(js.read_text())
+    assert st["ingest"]["rows_in"] == len(tsv.read_text().splitlines()) + len(coco["annotations"])
     for s in ("ingest", "seed", "nli_filter", "bulk", "export"):
         assert st[s]["rows_in"] == st[s]["rows_out"] + st[s]["rows_rejected"], s
     assert st["seed"]["rows_rejected"] > 0 and st["bulk"]["rows_rejected"] > 0          # stages that reject do
@@ -44,6 +47,19 @@ def test_flow_tiny_end_to_end(finished_run):
         test_rows = list(csv.DictReader(f))
     assert test_rows and all(len(r["captions"].split(TIER_SEP)) == N_TIERS for r in test_rows)
     assert {r["captions"].split(TIER_SEP)[-1] for r in test_rows} <= test_caps
+    # the paper's test side: the chosen images only, one chain per image in the set to curate, ids 0..N-1
+    chosen = cfg.test.images
+    assert store.stage("bulk").manifest()["stats"]["test_images"] == chosen == len(coco["images"]) - 2
+    exported = store.stage("export").read().to_pylist()
+    test_chains = [c for c in exported if c["split"] == "test"]
+    assert test_chains and len({c["image_id"] for c in test_chains}) <= chosen
+    assert [int(r["id"]) for r in test_rows] == list(range(len(test_rows))) and len(test_rows) <= cfg.test.curate
+    in_set = sorted((c for c in test_chains if c["test_id"] is not None), key=lambda c: c["test_id"])
+    assert [c["test_id"] for c in in_set] == list(range(len(test_rows)))
+    assert len({c["image_id"] for c in in_set}) == len(in_set)                    # one chain per image
+    assert [r["captions"] for r in test_rows] == [" => ".join(c["positive"]) for c in in_set]
+    images = {c["image_id"] for c in test_chains}
+    assert len(images) > 1 and (len(in_set) == min(cfg.test.curate, len(images)))
     for name in ("hierarcaps.parquet", "README.md", "report.md", "nli_scores.png", "tier_lengths.png"):
         assert (ex / name).exists(), name
     assert (store.stage("distill").path / "h" / "model" / "README.md").exists()

@@ -42,7 +42,7 @@ def test_cc_tsv_edge_cases(tmp_path):
     ]
     data = "\r\n".join(lines).encode() + b"\r\n" + b"bad \xff\xfe bytes\thttp://x/8.jpg\r\n"
     p.write_bytes(data)
-    m, rows, rej = ingest(tmp_path, [{"name": "cc", "path": str(p), "format": "cc_tsv"}])
+    m, rows, rej = ingest(tmp_path, [{"name": "cc", "path": str(p), "format": "cc_tsv"}], dedup_scope="global")
     assert [r["text"] for r in rows] == ["A dog runs on grass.", "A cat sleeps on a sofa.", "Two people walking."]
     assert rows[0]["image_url"] == "http://x/1.jpg" and rows[0]["source_row"] == 1
     got = dict(reasons(rej))
@@ -125,3 +125,19 @@ def test_limit_caps_rows_per_source(tmp_path):
     p.write_text("".join(f"caption number {i}\tu{i}\n" for i in range(50)))
     m, rows, _ = ingest(tmp_path, [{"name": "cc", "path": str(p)}], limit=7, unit_rows=3)
     assert len(rows) == 7 and m["units"] == 3
+
+
+def test_dedup_is_per_image_by_default(tmp_path):
+    """The same caption on two images is two items (as in the released pool); on one image, one."""
+    coco = {"images": [{"id": 1, "coco_url": "http://c/1.jpg"}, {"id": 2, "coco_url": "http://c/2.jpg"}],
+            "annotations": [{"id": 10, "image_id": 1, "caption": "A man riding a wave."},
+                            {"id": 11, "image_id": 2, "caption": "A man riding a wave."},
+                            {"id": 12, "image_id": 1, "caption": "a man riding a wave"},
+                            {"id": 13, "image_id": 2, "caption": "A man riding a wave."}]}
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(coco))
+    m, rows, rej = ingest(tmp_path, [{"name": "coco", "path": str(p), "split": "test"}])
+    assert [(r["image_id"], r["orig_id"]) for r in rows] == [("1", "10"), ("2", "11")]
+    assert reasons(rej) == [(3, "near-duplicate (normalised) of coco row 1"), (4, "exact duplicate of coco row 2")]
+    m, rows, rej = ingest(tmp_path / "g", [{"name": "coco", "path": str(p), "split": "test"}], dedup_scope="global")
+    assert [r["orig_id"] for r in rows] == ["10"] and len(rej) == 3

@@ -109,11 +109,11 @@ def test_seed_nli_filter_augment_with_small_engines(run):
     aug = run_stage(get_stage("augment", cfg, gen=gen, scorer=scorer), store, isolate=False)
     seeded = {r["caption_id"] for r in rows} | {r["key"] for r in rej}
     new = store.stage("augment").read().to_pylist()
-    unseeded = store.stage("ingest").manifest()["rows_out"] - 20       # 30 distinct captions (10 repeat)
-    assert aug["rows_in"] == min(12, unseeded) == 10 and new and not {r["caption_id"] for r in new} & seeded
+    unseeded = store.stage("ingest").manifest()["rows_out"] - 20       # captions repeat, but each on its own image
+    assert aug["rows_in"] == min(12, unseeded) == 12 and new and not {r["caption_id"] for r in new} & seeded
     assert all(r["llm_output"].count("=>") == 2 for r in new)
     # the engines stay open and are not the stages' to close (RuleGenerator.close would raise)
-    assert gen.requests == 30 and scorer.pairs > 0
+    assert gen.requests == 32 and scorer.pairs > 0
 
 
 def test_nli_settings_change_recomputes(run):
@@ -129,3 +129,51 @@ def test_nli_settings_change_recomputes(run):
         again = run_stage(get_stage("nli_filter", cfg, scorer=scorer), store, isolate=False)
         assert not again["cache_hit"] and again["key"] != first["key"] and scorer.pairs > asked, over
         asked = scorer.pairs
+
+
+class CandidateH:
+    """H's general -> specific direction, scripted: the same candidates for every tier."""
+
+    def __init__(self, candidates):
+        self.candidates = candidates
+
+    def specify(self, tiers, n=1, sample=None, seed=None):
+        return [list(self.candidates[:n]) for _ in tiers]
+
+
+class TableScorer:
+    """NLI from a table: candidate -> (P(candidate entails tier k-1), P(tier k contradicts candidate))."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def score(self, prem, hyp):
+        rows = []
+        for p, h in zip(prem, hyp):
+            if h in self.table:                       # premise = positive tier k, hypothesis = candidate
+                con = self.table[h][1]
+                rows.append([0.0, 1 - con, con])
+            else:                                     # premise = candidate, hypothesis = positive tier k-1
+                ent = self.table[p][0]
+                rows.append([ent, 1 - ent, 0.0])
+        return np.array(rows)
+
+
+# tier 1 has nothing above it to entail, so every candidate that contradicts passes there
+@pytest.mark.parametrize("select,want,scores", [
+    ("best", ["c", "b", "b", "b"], [(1, 3, 3), (2, 2, 2), (3, 2, 2), (4, 2, 2)]),
+    ("first", ["a", "a", "a", "a"], [(1, 1, 3), (2, 1, 2), (3, 1, 2), (4, 1, 2)])])
+def test_negatives_keep_the_best_passing_candidate(select, want, scores):
+    cfg = load_config("tiny", overrides={"negatives": {"select": select, "tries": 3, "entail_threshold": 0.5,
+                                                       "contradict_threshold": 0.5}})
+    table = {"a": (0.6, 0.6), "b": (0.9, 0.95), "c": (0.4, 0.99)}     # c contradicts best but entails too little
+    stage = get_stage("negatives", cfg, h=CandidateH(["a", "b", "c"]), scorer=TableScorer(table))
+    row = {"chain_id": "x", "positive": ["animal", "red dog", "red dog on grass", "A red dog on the grass."],
+           "negative": None}
+    (out,) = stage._unit(0, [row])
+    assert out["negative"] == want and out["neg_select"] == select
+    assert [(s["tier"], s["tries"], s["passing"]) for s in out["neg_scores"]] == scores
+    assert out["neg_missing_reason"] is None
+    none = get_stage("negatives", cfg, h=CandidateH(["c"]), scorer=TableScorer(table))._unit(0, [row])[0]
+    assert none["negative"] == ["c", None, None, None]                  # a partial negative, and why
+    assert none["neg_missing_reason"].startswith("tier 2: none of 1 candidates entailed positive tier 1")

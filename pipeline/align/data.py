@@ -10,14 +10,13 @@ import csv
 import gzip
 import io
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.chain import N_TIERS, chain_problem, is_chain, split_tiers
 from pipeline.schemas import reject
+from pipeline.testset import coco_image_id
 
-_IMG_ID = re.compile(r"_(\d+)\.\w+$")
 
 
 @dataclass
@@ -42,10 +41,8 @@ class Chain:
 
 def image_id(url: str | None) -> int | None:
     """COCO image id from an url or file name (`..._000000301718.jpg` -> 301718)."""
-    if not url:
-        return None
-    m = _IMG_ID.search(url) or re.search(r"_(\d+)", url)
-    return int(m.group(1)) if m else None
+    found = coco_image_id(url)
+    return None if found is None else int(found)
 
 
 def norm_text(t: str) -> str:

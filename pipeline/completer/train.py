@@ -5,8 +5,8 @@ scheduler, RNG and step state. A run killed at any time and rerun ends with bit-
 weights to an uninterrupted run on the same hardware and thread count (on CUDA, bit-identity also
 needs deterministic kernels, ``torch.use_deterministic_algorithms``).
 
-Held-out pairs (``eval_fraction``, a seeded permutation) give the eval loss, an
-in-distribution check; keep test captions out of the chains passed in (the stages do).
+Held-out pairs (``eval_pairs``, given by the caller: distill holds out whole chains, so no chain
+has pairs on both sides) give the eval loss; keep test captions out of the chains passed in.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ class TrainConfig(BaseModel):
     lora_target_modules: list[str] = ["q", "k", "v", "o"]
     bf16: Literal["auto", "on", "off"] = "auto"    # auto: on CUDA with bf16 support only
     device: str = "auto"
-    eval_fraction: float = Field(0.1, ge=0, lt=1)  # held-out share of the training pairs (eval loss)
     eval_batch_size: int = Field(64, ge=1)
     save_every_steps: int = Field(200, ge=0)       # 0: no checkpoints
     keep_checkpoints: int = Field(2, ge=1)
@@ -87,14 +86,6 @@ def _fingerprint(pairs: Sequence[tuple[str, str]], base: str, revision: str | No
         exclude=_RUNTIME_FIELDS)
     h.update(json.dumps({"base": base, "revision": revision, "seed": seed, **fields}, sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-def _split(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    perm = np.random.default_rng([seed, 7]).permutation(n)
-    n_eval = int(round(n * frac))
-    if frac > 0 and n_eval == 0 and n >= 2:
-        n_eval = 1
-    return np.sort(perm[n_eval:]), np.sort(perm[:n_eval])
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -184,8 +175,8 @@ def _model_card(base: str, revision: str | None, cfg: TrainConfig, fmt: PairForm
 
 
 def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfig, out_dir: str | os.PathLike,
-                    *, fmt: PairFormat | None = None, revision: str | None = None, seed: int = 0,
-                    progress: Progress | None = None) -> dict:
+                    *, eval_pairs: Sequence[tuple[str, str]] = (), fmt: PairFormat | None = None,
+                    revision: str | None = None, seed: int = 0, progress: Progress | None = None) -> dict:
     """Fine-tune ``base`` (a seq2seq id or folder) on (source, target) pairs; resumable; returns metrics.
 
     Layout of ``out_dir``: ``checkpoints/step-XXXXXXXX/`` (model, optimizer, scheduler, RNG,
@@ -205,11 +196,12 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
 
     fmt = fmt or PairFormat()
     pairs = [(str(s), str(t)) for s, t in pairs]
+    held = [(str(s), str(t)) for s, t in eval_pairs]
     if not pairs:
         raise ValueError("train_completer: no training pairs")
     out = Path(out_dir)
     ckpt_root, model_dir = out / "checkpoints", out / "model"
-    fp = _fingerprint(pairs, base, revision, cfg, seed)
+    fp = _fingerprint([*pairs, ("\x00held-out", ""), *held], base, revision, cfg, seed)
 
     done_file = model_dir / "training_metrics.json"
     if done_file.is_file():
@@ -239,8 +231,8 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
     if pad_id is None:
         raise ValueError(f"tokenizer of {base} has no pad token")
 
-    src, tgt = _encode(tok, pairs, cfg)
-    train_idx, eval_idx = _split(len(pairs), cfg.eval_fraction, seed)
+    src, tgt = _encode(tok, [*pairs, *held], cfg)
+    train_idx, eval_idx = np.arange(len(pairs)), np.arange(len(pairs), len(pairs) + len(held))
     n_train = len(train_idx)
     mb_per_epoch = math.ceil(n_train / cfg.batch_size)
     total_steps = int(cfg.max_steps) if cfg.max_steps is not None else \
@@ -314,7 +306,7 @@ def train_completer(pairs: Sequence[tuple[str, str]], base: str, cfg: TrainConfi
         "train_loss": float(np.mean(tail)), "train_loss_first": float(loss_log[0]),
         "train_loss_last": float(loss_log[-1]), "eval_loss": eval_loss,
         "eval_loss_initial": state["eval_loss_initial"], "eval_log": state["eval_log"] + [[step, eval_loss]],
-        "steps": step, "epochs": step * cfg.grad_accum / mb_per_epoch, "pairs": len(pairs),
+        "steps": step, "epochs": step * cfg.grad_accum / mb_per_epoch, "pairs": len(pairs) + len(held),
         "train_pairs": int(n_train), "eval_pairs": int(len(eval_idx)), "base_model": base, "lora": cfg.lora,
         "bf16": bf16, "device": str(device), "seed": seed, "fingerprint": fp,
     }

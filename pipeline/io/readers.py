@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..chain import chain_problem, split_tiers
+from ..testset import coco_image_id
 from ..text import has_bad_bytes
 
 MAX_LINE_BYTES = 1 << 20        # 1 MiB: no caption or chain comes near it
@@ -375,7 +376,8 @@ def read_hierarcaps_csv(path: Path, **_) -> Iterator[Record | Bad]:
         else:
             if rid is not None:
                 ids[rid] = line
-            yield Record(line, pos[-1], image_url=rec.get("image_url") or None, orig_id=rid,
+            url = rec.get("image_url") or None
+            yield Record(line, pos[-1], image_url=url, image_id=coco_image_id(url, strict=True), orig_id=rid,
                          positive=pos, negative=neg)
 
 

@@ -25,11 +25,17 @@ def write_csv(path: Path, header: list[str], rows: Iterable[list]) -> int:
     return n
 
 
+def test_id_of(chain: dict, index: int) -> str:
+    """A test chain's id: the test set's (0..N-1) when it was drawn, else the source's, else its position."""
+    tid = chain.get("test_id")
+    return str(tid) if tid is not None else chain.get("orig_id") or str(index)
+
+
 def test_rows(chains: list[dict]) -> tuple[list[str], list[list]]:
-    """Curated test format: ``id,captions,image_url``."""
+    """Curated test format: ``id,captions,image_url`` (ids from :func:`test_id_of`)."""
     rows = []
     for i, c in enumerate(chains):
-        rows.append([c.get("orig_id") or str(i), join_tiers(c["positive"]), c.get("image_url") or ""])
+        rows.append([test_id_of(c, i), join_tiers(c["positive"]), c.get("image_url") or ""])
     return ["id", "captions", "image_url"], rows
 
 

@@ -1,6 +1,7 @@
 """bulk: H (specific -> general) over every caption of the configured splits, then the NLI judge.
 
-The paper runs H over CC train captions (the train set) and COCO val captions (the test pool).
+The paper runs H over CC train captions (the train set) and COCO val captions (the test pool);
+with ``test.images`` set, only the chosen test images' captions.
 Captions that arrived with a chain (HierarCaps CSVs) pass through unchanged, so the negatives
 stage can also serve given chains.
 """
@@ -12,6 +13,7 @@ from ..chain import ChainRules, chain_row, rule_violation, split_tiers
 from ..config import BulkSection, NliFilterSection
 from ..judge import Judge
 from ..schemas import reject
+from ..testset import TestSection, choose_images, image_of
 from ..stage import Stage, StageContext
 from .common import model_key, open_h, open_scorer, run_units, sample_rows
 
@@ -21,13 +23,14 @@ class Bulk(Stage):
     version = "1"
     inputs = ("distill", "ingest")
     params = {"bulk": "bulk", "nli": "models.nli", "judge_cfg": "nli_filter", "rules": "rules",
-              "random_seed": "run.random_seed"}
+              "test": "test", "random_seed": "run.random_seed"}
     isolated = True
     engines = ("h", "scorer")
     bulk: BulkSection
     nli: NliConfig
     judge_cfg: NliFilterSection
     rules: ChainRules
+    test: TestSection
     random_seed: int
 
     def key_material(self) -> dict:
@@ -40,6 +43,11 @@ class Bulk(Stage):
 
     def process(self, ctx: StageContext) -> None:
         rows = [r for r in ctx.upstream("ingest").read().to_pylist() if r["split"] in self.bulk.splits]
+        test = [r for r in rows if self.bulk.splits[r["split"]] == self.test.split]
+        chosen = choose_images((image_of(r) for r in test), self.test, self.random_seed)
+        if chosen is not None:   # only the test images' captions go through H
+            rows = [r for r in rows if self.bulk.splits[r["split"]] != self.test.split or image_of(r) in chosen]
+            ctx.stats["test_images"] = len(chosen)
         rows = sample_rows(rows, self.bulk.max_captions, self.random_seed, "bulk")
         run_units(ctx, rows, self.bulk.unit_rows, lambda i, chunk: self._unit(chunk), note="captions")
         ctx.stats["captions"] = len(rows)

@@ -2,8 +2,9 @@
 
 Both directions (specific -> general: a caption in, tiers 1-3 out; general -> specific: a tier in,
 the next tier out, the empty root for tier 1). Checkpoints live in ``distill/h/checkpoints``, so
-a killed run resumes; H's input format is saved beside it. A held-out share of chains checks
-generation: the share of chains H writes for their captions that the NLI judge accepts.
+a killed run resumes; H's input format is saved beside it. A few held-out chains (2%, at most
+200) give the eval loss and check generation: the share of chains H writes for their captions
+that the NLI judge accepts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CHECK_GEN = GenConfig(max_new_tokens=64)   # how H writes the held-out chains it
 
 class Distill(Stage):
     name = "distill"
-    version = "2"  # 2: unusable chains go to rejects instead of failing the stage
+    version = "3"  # 2: unusable chains to rejects; 3: a fixed few chains held out, pairs split by chain
     inputs = ("nli_filter", "augment")
     params = {"distill": "distill", "base": "models.completer_base", "nli": "models.nli",
               "judge_cfg": "nli_filter", "random_seed": "run.random_seed"}
@@ -56,14 +57,15 @@ class Distill(Stage):
         if len(usable) < 2 and not cfg.include_exemplars:
             raise StageError(f"distill: only {len(usable)} accepted chains; need at least 2 to train H")
         order = sorted(usable, key=lambda r: digest([self.random_seed, "distill", r["chain_id"]]))
-        n_held = max(1, int(round(len(order) * cfg.eval_fraction))) if cfg.eval_fraction else 0
+        n_held = min(cfg.heldout_max, max(1, round(len(order) * cfg.heldout_fraction))) if cfg.heldout_fraction else 0
         held, train = order[:n_held], order[n_held:]
         chains = [r["positive"] for r in train]
         if cfg.include_exemplars:
             chains += [e["positive"] for e in load_exemplars()]
         pairs = make_training_pairs(chains, cfg)
+        held_pairs = make_training_pairs([r["positive"] for r in held], cfg)   # split by chain, never by pair
         out_dir = ctx.out.path / "h"
-        metrics = train_completer(pairs, base_model(ctx, self.base.model), cfg, out_dir, fmt=cfg,
+        metrics = train_completer(pairs, base_model(ctx, self.base.model), cfg, out_dir, eval_pairs=held_pairs, fmt=cfg,
                                   revision=self.base.revision, seed=self.random_seed,
                                   progress=lambda s, t: ctx.progress(s, t, "optimizer steps"))
         stats = {"chains": len(usable), "train_chains": len(train), "held_out_chains": len(held),

@@ -1,9 +1,10 @@
 """export: final chains -> official HierarCaps CSVs, a Parquet dataset and a dataset card.
 
 Reads the most downstream chain table of the run (negatives, else bulk, else ingest when the
-input already was a HierarCaps file). Train rows need a full negative chain; the test split is
-written twice: the curated format (``id,captions,image_url``, the curation hand-off) and, for
-rows with negatives, the expanded test-pool format (``positive,negative,image_url``).
+input already was a HierarCaps file). Train rows need a full negative chain. The test side is the
+paper's: the chosen test images (``test.images``), their chains with negatives as the pool
+(``positive,negative,image_url``), and the set to curate, one chain per image for ``test.curate``
+images, ids 0..N-1 (``id,captions,image_url``, the curation hand-off; pipeline/testset.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..report import lineage, write_dataset_card, write_quality_report
 from ..schemas import CHAINS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
+from ..testset import TestSection, choose_images, image_of, sample_test_set
 
 CHAIN_TABLES = ("negatives", "bulk", "ingest")   # where a run's chains may stand, most finished first
 
@@ -45,8 +47,10 @@ class Export(Stage):
     name = "export"
     version = "1"
     inputs = CHAIN_TABLES
-    params = {"export": "export"}
+    params = {"export": "export", "test": "test", "random_seed": "run.random_seed"}
     export: ExportSection
+    test: TestSection
+    random_seed: int
 
     def upstream_names(self, store: RunStore) -> tuple[str, ...]:
         table = chain_table(store)
@@ -59,6 +63,8 @@ class Export(Stage):
         cfg, origin = self.export, ups[0]
         table = ctx.upstream(origin).read()
         chains, rejects = to_chain_rows(table, origin)
+        chosen = choose_images((image_of(c) for c in chains if c.get("split") == self.test.split), self.test,
+                               self.random_seed)
         train, test = [], []
         for c in chains:
             if c.get("split") in cfg.train_splits:
@@ -69,6 +75,10 @@ class Export(Stage):
                     continue
                 train.append(c)
             elif c.get("split") in cfg.test_splits:
+                if chosen is not None and c.get("split") == self.test.split and image_of(c) not in chosen:
+                    rejects.append(reject("export", origin, c["chain_id"], "image is not among the test images",
+                                          join_tiers(c["positive"])))
+                    continue
                 test.append(c)
             else:
                 rejects.append(reject("export", origin, c["chain_id"],
@@ -80,10 +90,14 @@ class Export(Stage):
             with_url = any(c.get("image_url") for c in train)
             files["train_csv"] = write_csv(out / f"{cfg.name}_train.csv", *pair_rows(train, with_url))
         if test:
-            files["test_csv"] = write_csv(out / f"{cfg.name}_test.csv", *test_rows(test))
+            curate = sample_test_set(test, self.test, self.random_seed)   # one chain per image, ids 0..N-1
+            files["test_csv"] = write_csv(out / f"{cfg.name}_test.csv", *test_rows(curate))
+            ids = {c["chain_id"]: c.get("test_id") for c in curate}
+            test = [{**c, "test_id": ids.get(c["chain_id"])} for c in test]
             pool = [c for c in test if has_full_negative(c)]
             if pool:
                 files["test_pool_csv"] = write_csv(out / f"{cfg.name}_test_pool.csv", *pair_rows(pool, True))
+            ctx.stats.update(test_images=len({image_of(c) for c in test}), test_set=len(curate))
         data = conform(train + test, CHAINS)
         ctx.commit(0, data, conform(rejects, REJECTS), rows_in=table.num_rows)
         pq.write_table(data, out / f"{cfg.name}.parquet", compression="zstd")

@@ -37,30 +37,41 @@ def _source_rows(src: SourceConfig, limit: int | None) -> Iterator[Record | Bad]
 
 
 class Deduper:
-    """Exact and normalised duplicate detection; remembers where each kept caption came from."""
+    """Exact and normalised duplicate detection; remembers where each kept caption came from.
 
-    def __init__(self, mode: str):
+    ``scope="image"`` (the default) compares captions of the same image only: the same caption on
+    two images is two items, as in the released HierarCaps pool; ``"global"`` compares all."""
+
+    def __init__(self, mode: str, scope: str = "image"):
         self.mode = mode
+        self.scope = scope
         self.exact: dict[int, str] = {}
         self.near: dict[int, str] = {}
 
-    def key_text(self, rec_text: str, positive: list[str] | None) -> str:
+    @staticmethod
+    def key_text(rec_text: str, positive: list[str] | None) -> str:
         # chains (HierarCaps inputs) are distinct items even when they share a caption
         return join_tiers(positive) if positive else rec_text
 
-    def check(self, text: str, where: str) -> str | None:
+    def check(self, text: str, where: str, image: str | None = None) -> str | None:
         if self.mode == "none":
             return None
-        h = text_hash64(text)
+        scope = f"{image}\x1f" if self.scope == "image" and image else ""
+        h = text_hash64(scope + text)
         if h in self.exact:
             return f"exact duplicate of {self.exact[h]}"
         if self.mode == "normalized":
-            n = text_hash64(norm_key(text))
+            n = text_hash64(scope + norm_key(text))
             if n in self.near:
                 return f"near-duplicate (normalised) of {self.near[n]}"
             self.near[n] = where
         self.exact[h] = where
         return None
+
+
+def image_key(image_id: str | None, image_url: str | None) -> str | None:
+    """What identifies a caption's image for per-image de-duplication."""
+    return image_id or image_url
 
 
 class Ingest(Stage):
@@ -86,7 +97,7 @@ class Ingest(Stage):
         if not cfg.sources:
             raise StageError("ingest: no sources configured (ingest.sources is empty)")
         done = ctx.done_units()
-        dedup = Deduper(cfg.dedup)
+        dedup = Deduper(cfg.dedup, cfg.dedup_scope)
         unit_rows = cfg.unit_rows
         rows, rejects, g = [], [], 0
         for src in cfg.sources:
@@ -120,9 +131,11 @@ class Ingest(Stage):
     def _remember(ctx: StageContext, dedup: Deduper, unit: int) -> None:
         """A finished unit's captions into the de-dup index, as if its rows had just been read: the
         units after it (finished or not) see exactly what an uninterrupted run saw."""
-        t = pq.read_table(ctx.out.unit_path(unit), columns=["text", "positive", "source", "source_row"])
+        t = pq.read_table(ctx.out.unit_path(unit), columns=["text", "positive", "source", "source_row", "image_id",
+                                                            "image_url"])
         for rec in t.to_pylist():
-            dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}")
+            dedup.check(dedup.key_text(rec["text"], rec["positive"]), f"{rec['source']} row {rec['source_row']}",
+                        image_key(rec["image_id"], rec["image_url"]))
 
     def _one(self, item, src, path, cfg, dedup, rows, rejects):
         if isinstance(item, Bad):
@@ -138,7 +151,8 @@ class Ingest(Stage):
         elif len(text) > cfg.max_chars:
             reason = f"caption longer than {cfg.max_chars} characters ({len(text)})"
         else:
-            reason = dedup.check(dedup.key_text(text, pos), f"{src.name} row {item.row}")
+            reason = dedup.check(dedup.key_text(text, pos), f"{src.name} row {item.row}",
+                                 image_key(item.image_id, item.image_url))
         if reason:
             rejects.append(reject(self.name, path, None, reason, text[:300], item.row))
             return

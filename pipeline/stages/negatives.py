@@ -1,8 +1,10 @@
 """negatives: hallucinate a negative chain with H (general -> specific), kept only where NLI agrees.
 
 For positive chain p and tier k, H proposes candidates from p[k-1] (the root "" for tier 1). A
-candidate c is kept when NLI says c entails p[k-1] (premise c) and p[k] contradicts c (premise
-p[k]). After ``tries`` candidates fail, the item records why that tier has no negative.
+candidate c passes when NLI says c entails p[k-1] (premise c) and p[k] contradicts c (premise
+p[k]); ``negatives.select: best`` keeps the passing candidate with the highest
+min(P(entail p[k-1]), P(contradict p[k])), ``first`` the first that passes. When none of the
+``tries`` passes, the item records why that tier has no negative.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .common import model_key, open_h, open_scorer, run_units
 
 class Negatives(Stage):
     name = "negatives"
-    version = "1"
+    version = "2"  # 2: select best among the passing candidates (default), recorded per row
     inputs = ("bulk", "distill")
     params = {"negatives": "negatives", "nli": "models.nli", "random_seed": "run.random_seed"}
     isolated = True
@@ -55,11 +57,14 @@ class Negatives(Stage):
                                    seed=self.random_seed * 7919 + index * 31 + k)
             judged = score_negatives(self.scorer, above, [r["positive"][k - 1] for r in todo], cands)
             for r, cs, ec in zip(todo, cands, judged):
-                chosen = next(((c.strip(), ent, con, t + 1) for t, (c, (ent, con)) in enumerate(zip(cs, ec))
-                               if self._keep(c, r["positive"][k - 1], ent, con)), None)
+                passing = [(c.strip(), ent, con, t + 1) for t, (c, (ent, con)) in enumerate(zip(cs, ec))
+                           if self._keep(c, r["positive"][k - 1], ent, con)]
+                chosen = None if not passing else passing[0] if cfg.select == "first" else \
+                    max(passing, key=lambda p: (min(p[1], p[2]), -p[3]))      # ties: the earlier try
                 if chosen:
                     negs[id(r)][k - 1] = chosen[0]
-                    scores[id(r)].append(dict(tier=k, entails_prev=chosen[1], contradicts_pos=chosen[2], tries=chosen[3]))
+                    scores[id(r)].append(dict(tier=k, entails_prev=chosen[1], contradicts_pos=chosen[2],
+                                              tries=chosen[3], passing=len(passing)))
                 else:
                     why[id(r)].append(f"tier {k}: none of {len(cs)} candidates entailed positive tier {k - 1} "
                                       f"and contradicted positive tier {k}" if k > 1 else
@@ -69,6 +74,6 @@ class Negatives(Stage):
             if id(r) in negs:
                 neg = negs[id(r)]
                 r = {**r, "negative": neg if any(neg) else None, "neg_scores": scores[id(r)],
-                     "neg_missing_reason": "; ".join(why[id(r)]) or None}
+                     "neg_missing_reason": "; ".join(why[id(r)]) or None, "neg_select": cfg.select}
             out.append(r)
         return out
