@@ -42,7 +42,17 @@ STAGES = ("ingest", "seed", "nli_filter", "distill", "bulk", "negatives", "expor
 FAULTS = ("kill_group", "kill_parent", "term_parent", "disk_full", "damage", "concurrent")
 OVERRIDES = ["seed.max_captions=16", "seed.unit_rows=4", "augment.max_captions=8", "augment.unit_rows=4",
              "distill.max_steps=40", "distill.save_every_steps=8", "bulk.max_captions=48", "bulk.unit_rows=6",
-             "negatives.unit_rows=6", "ingest.unit_rows=20", "nli_filter.unit_rows=4"]
+             "negatives.unit_rows=6", "ingest.unit_rows=2000", "nli_filter.unit_rows=4"]
+WORDS = "a man woman dog cat red blue small old sitting running on in near the street beach park table".split()
+
+
+def big_tsv(path: Path, n: int = 40_000) -> Path:
+    """Enough lines that ingest runs for seconds (a fault can land inside it)."""
+    rng = random.Random(1)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(f"{' '.join(rng.choices(WORDS, k=rng.randint(5, 12))).capitalize()} {i}.\thttp://x/{i}.jpg\n")
+    return path
 
 
 def cli(root: Path, run: str, stage: str) -> list[str]:
@@ -77,9 +87,10 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def inject(fault: str, store: RunStore, stage: str, root: Path, rng: random.Random, wall: float,
-           limit: int | None = None) -> dict:
+           limit: int | None = None, largest: int = 64 << 10) -> dict:
     """Run the stage with the fault; returns what happened (injected: the fault hit a running stage).
-    ``limit``: the file size past which writes fail (disk_full; default random)."""
+    ``wall``: how long the stage's command runs; ``limit``: the file size past which writes fail
+    (disk_full; default random below ``largest``, the stage's largest file)."""
     cmd = cli(root, store.run_id, stage)
     if fault == "damage":
         units = sorted(store.stage(stage).done_units())
@@ -88,8 +99,8 @@ def inject(fault: str, store: RunStore, stage: str, root: Path, rng: random.Rand
         data[rng.randrange(len(data))] ^= 0xFF
         target.write_bytes(bytes(data))
         return {"injected": True, "at": target.name}
-    if fault == "disk_full":
-        limit = limit or rng.choice([1 << 10, 4 << 10, 16 << 10, 64 << 10])
+    if fault == "disk_full":   # past a random size below the largest file the stage writes
+        limit = limit or rng.randint(1 << 10, max(2 << 10, largest))
 
         def cap():
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -107,7 +118,7 @@ def inject(fault: str, store: RunStore, stage: str, root: Path, rng: random.Rand
         return {"injected": True, "at": "two at once", "refused": len(refused), "exits": [o[0] for o in outs]}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    at = rng.uniform(0.15, 0.95) * wall
+    at = rng.uniform(0.1, 0.9) * wall
     try:
         proc.wait(timeout=at)
         return {"injected": False, "at": f"{at:.1f}s (finished first)"}
@@ -145,18 +156,31 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         root = Path(td) / "art"
-        cfg = load_config("tiny", overrides=[*OVERRIDES, f"run.root={root}"])
+        big = big_tsv(Path(td) / "big.tsv")
+        sources = f"ingest.sources=[{{name: examples, path: {REPO / 'examples/captions.tsv'}}}, {{name: big, path: {big}}}]"
+        cfg = load_config("tiny", overrides=[*OVERRIDES, sources, f"run.root={root}"])
         ref = RunStore(root, "ref")
         run_stages(cfg, ref)
-        walls = {s: ref.stage(s).manifest()["wall_s"] + 6.0 for s in STAGES}   # + CLI and model start-up
+        walls, largest = {}, {}
+        for stage in args.stages:   # how long the stage's command runs (start-up included), its largest file
+            store = prepare(ref, root, f"time-{stage}", stage)
+            t0 = time.time()
+            run(cli(root, store.run_id, stage))
+            walls[stage] = time.time() - t0
+            largest[stage] = max(p.stat().st_size for p in store.stage(stage).path.rglob("*") if p.is_file())
+            shutil.rmtree(store.path, ignore_errors=True)
         n = 0
         for stage in args.stages:
             for fault in args.faults:
                 for _ in range(args.trials):
                     n += 1
-                    store = prepare(ref, root, f"t{n}", stage, keep_stage=(fault == "damage"))
-                    t0 = time.time()
-                    what = inject(fault, store, stage, root, rng, walls[stage])
+                    for attempt in range(3):        # a kill that came after the stage finished: draw again
+                        store = prepare(ref, root, f"t{n}-{attempt}", stage, keep_stage=(fault == "damage"))
+                        t0 = time.time()
+                        what = inject(fault, store, stage, root, rng, walls[stage], largest=largest[stage])
+                        if what["injected"] or attempt == 2:
+                            break
+                        shutil.rmtree(store.path, ignore_errors=True)
                     rerun = run(cli(root, store.run_id, stage))
                     equal, lost = same_as(ref, store, stage)
                     row = {"stage": stage, "fault": fault, **what, "rerun_exit": rerun.returncode,

@@ -81,7 +81,17 @@ def test_evaluate_tiny_clip_with_images(tmp_path):
     enc = build_tiny_clip()
     res = evaluate(enc, chains, tmp_path)
     assert set(res) >= {"d_corr", "precision", "recall"} and res["n_images"] == 3
-    assert -1.0 <= res["d_corr"] <= 1.0 and 0.0 <= res["precision"] <= 1.0
+    # d_corr recomputed independently: radii from the root "", Kendall tau by counting tier pairs
+    from pipeline.align.encoders import embed_texts
+
+    root = embed_texts(enc, [""])[0]
+    taus = []
+    for c in chains:
+        r = (embed_texts(enc, c.positive) - root).norm(dim=-1).tolist()
+        pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+        taus.append(sum(1 if r[j] > r[i] else -1 for i, j in pairs) / len(pairs))
+    assert res["d_corr"] == pytest.approx(sum(taus) / len(taus), abs=1e-6)
+    assert 0.0 <= res["precision"] <= 1.0 and 0.0 <= res["recall"] <= 1.0
 
     # run_bench: the CLI entry, from saved model directories
     from pipeline.benchmark.evaluate import run_bench

@@ -133,9 +133,10 @@ def test_model_stages_end_to_end_on_cuda(tmp_path):
     ])
     store = RunStore(cfg.run.root, "gpu")
     manifests = {m["stage"]: m for m in run_stages(cfg, store)}
-    for name in ("ingest", "seed", "nli_filter", "bulk", "negatives"):
+    for name in ("ingest", "seed", "nli_filter", "bulk"):
         m = manifests[name]
         assert m["rows_in"] == m["rows_out"] + m["rows_rejected"], m
+    assert manifests["negatives"]["rows_out"] == manifests["bulk"]["rows_out"]   # one item per bulk chain
     for name in ("seed", "nli_filter", "augment", "bulk", "negatives"):
         engines = manifests[name]["stats"]["engines"]
         assert engines and all(e["device"].startswith("cuda") for e in engines.values()), (name, engines)

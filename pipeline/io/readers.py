@@ -21,143 +21,16 @@ import csv
 import gzip
 import json
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..chain import chain_problem, split_tiers
 from ..testset import coco_image_id
 from ..text import has_bad_bytes
+from .textfile import (COLUMN_KEYS, MAX_DOC_BYTES, SURROGATE, UTF16_BOMS, Bad, ReaderError, Record, check_file,
+                       excerpt_of, open_binary, text_lines)
 
-MAX_LINE_BYTES = 1 << 20        # 1 MiB: no caption or chain comes near it
-MAX_DOC_BYTES = 256 << 20       # a COCO JSON document is parsed whole (captions_train2017: 92 MB)
-EXCERPT_MAX = 300
-GZIP_MAGIC = b"\x1f\x8b"
-UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-COLUMN_KEYS = ("text", "image_url", "image_id", "id", "split")
-SURROGATE = "lone surrogate escape (like \\ud800) in a JSON string"
-csv.field_size_limit(MAX_LINE_BYTES)
-
-
-@dataclass
-class Record:
-    row: int                       # 1-based line (text formats) or record number
-    text: str
-    image_url: str | None = None
-    image_id: str | None = None
-    orig_id: str | None = None
-    split: str | None = None
-    positive: list[str] | None = None
-    negative: list[str] | None = None
-
-
-@dataclass
-class Bad:
-    row: int
-    reason: str
-    excerpt: str = ""            # the offending content, printable, truncated
-
-
-@dataclass
-class ReaderError(Exception):
-    """The whole file is unusable (missing, wrong format): names the file and the reason."""
-
-    path: str
-    reason: str
-    extra: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def _excerpt(s: str) -> str:
-    """Printable excerpt: invalid bytes show as \\xNN, lone surrogates as \\udNNN."""
-    s = s[:EXCERPT_MAX * 2]
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")[:EXCERPT_MAX]
-    except UnicodeEncodeError:  # a lone surrogate from a JSON escape, not an escaped byte
-        return s.encode("utf-8", "backslashreplace").decode("ascii")[:EXCERPT_MAX]
-
-
-def check_file(path: Path) -> None:
-    """Whole-file problems that show before any row is read."""
-    if not path.exists():
-        raise ReaderError(str(path), "file not found")
-    if path.is_dir():
-        raise ReaderError(str(path), "is a directory, not a file")
-    if not path.is_file():
-        raise ReaderError(str(path), "not a regular file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(2)
-    except OSError as e:
-        raise ReaderError(str(path), f"cannot read: {e.strerror or e}") from None
-    if not head:
-        raise ReaderError(str(path), "empty file")
-    if path.suffix == ".gz" and head != GZIP_MAGIC:
-        raise ReaderError(str(path), "not a gzip file (the name ends in .gz)")
-    if path.suffix != ".gz" and head == GZIP_MAGIC:
-        raise ReaderError(str(path), "gzip-compressed, but the name does not end in .gz")
-
-
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _first_bytes(path: Path, raw: bytes) -> bytes:
-    """The first line, BOM dropped; refuses text that is not UTF-8 (UTF-16, binary, CR-only lines)."""
-    raw = raw.removeprefix(UTF8_BOM)
-    if raw.startswith(UTF16_BOMS):
-        raise ReaderError(str(path), "UTF-16 text (byte-order mark); save it as UTF-8")
-    if len(raw) > 1 and raw.count(0) * 4 > len(raw):
-        raise ReaderError(str(path), "binary or UTF-16 data (NUL bytes in the first line), not UTF-8 text")
-    if not raw.endswith(b"\n") and b"\r" in raw.rstrip(b"\r"):
-        raise ReaderError(str(path), "lines end in CR only (classic Mac); convert them to LF or CRLF")
-    return raw
-
-
-def _skip_rest_of_line(f) -> int:
-    """Read past the rest of an overlong line in chunks; returns the bytes skipped."""
-    skipped = 0
-    while chunk := f.readline(MAX_LINE_BYTES):
-        skipped += len(chunk)
-        if chunk.endswith(b"\n"):
-            break
-    return skipped
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str | Bad]]:
-    """(line number, decoded line with its line end) for each line of a text file, possibly
-    gzipped. Invalid UTF-8 survives as surrogate escapes so each row can be judged on its own. An
-    overlong line is a ``Bad``; damage in a .gz ends the stream with a ``Bad`` on the next line."""
-    check_file(path)
-    n = 0
-    damage = None
-    with _open_binary(path) as f:
-        try:
-            while raw := f.readline(MAX_LINE_BYTES + 1):
-                n += 1
-                if n == 1:
-                    raw = _first_bytes(path, raw)
-                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                    size = len(raw) + _skip_rest_of_line(f)
-                    excerpt = _excerpt(raw[:EXCERPT_MAX].decode("utf-8", "surrogateescape"))
-                    yield n, Bad(n, f"line longer than {MAX_LINE_BYTES} bytes ({size} bytes)", excerpt)
-                    continue
-                yield n, raw.decode("utf-8", "surrogateescape")
-        except EOFError:
-            damage = "file ends early (truncated gzip)"
-        except (gzip.BadGzipFile, zlib.error) as e:
-            damage = f"damaged gzip data ({e})"
-        except OSError as e:
-            raise ReaderError(str(path), f"read error after line {n}: {e}") from None
-    if damage and n == 0:
-        raise ReaderError(str(path), f"{damage} before the end of its first line")
-    if damage:
-        yield n + 1, Bad(n + 1, f"{damage} after line {n}; any later lines are lost")
-    elif n == 0:
-        raise ReaderError(str(path), "empty file (nothing after decompression)")
+__all__ = ["Bad", "Record", "ReaderError", "READERS", "detect_format", "read_source"]
 
 
 def detect_format(path: Path) -> str:
@@ -178,19 +51,19 @@ def detect_format(path: Path) -> str:
 
 def read_cc_tsv(path: Path, **_) -> Iterator[Record | Bad]:
     """Conceptual Captions: ``caption<TAB>url`` per line, no header."""
-    for row, line in _lines(path):
+    for row, line in text_lines(path):
         if isinstance(line, Bad):
             yield line
             continue
         line = line.rstrip("\r\n")
         if has_bad_bytes(line):
-            yield Bad(row, "invalid UTF-8", _excerpt(line))
+            yield Bad(row, "invalid UTF-8", excerpt_of(line))
         elif "\x00" in line:
-            yield Bad(row, "NUL byte in line", _excerpt(line))
+            yield Bad(row, "NUL byte in line", excerpt_of(line))
         elif not line.strip():
             yield Bad(row, "empty line")
         elif len(parts := line.split("\t")) != 2:
-            yield Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", _excerpt(line))
+            yield Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", excerpt_of(line))
         else:
             yield Record(row, parts[0], image_url=parts[1].strip() or None)
 
@@ -208,7 +81,7 @@ def _surrogate(*values) -> bool:
 def _load_json_doc(path: Path):
     check_file(path)
     try:
-        with _open_binary(path) as f:
+        with open_binary(path) as f:
             data = f.read(MAX_DOC_BYTES + 1)
     except EOFError:
         raise ReaderError(str(path), "file ends early (truncated gzip); a JSON document cannot be read in part") from None
@@ -246,18 +119,18 @@ def read_coco_json(path: Path, **_) -> Iterator[Record | Bad]:
             images[im["id"]] = im.get("coco_url") or im.get("flickr_url") or im.get("file_name")
     for row, ann in enumerate(doc["annotations"], 1):
         if not isinstance(ann, dict):
-            yield Bad(row, "annotation is not an object", _excerpt(str(ann)))
+            yield Bad(row, "annotation is not an object", excerpt_of(str(ann)))
             continue
         cap, img = ann.get("caption"), ann.get("image_id")
         if not isinstance(cap, str):
-            yield Bad(row, "annotation has no caption string", _excerpt(json.dumps(ann)))
+            yield Bad(row, "annotation has no caption string", excerpt_of(json.dumps(ann)))
         elif not _json_id(img):
-            yield Bad(row, "annotation has no image_id (an integer or string)", _excerpt(json.dumps(ann)))
+            yield Bad(row, "annotation has no image_id (an integer or string)", excerpt_of(json.dumps(ann)))
         elif img not in images:
             yield Bad(row, f"image_id {img!r} not in images" + ("" if images else " (the file lists no images)"),
-                      _excerpt(json.dumps(ann)))
+                      excerpt_of(json.dumps(ann)))
         elif _surrogate(cap, images[img], ann.get("id")):
-            yield Bad(row, f"invalid Unicode: {SURROGATE}", _excerpt(cap))
+            yield Bad(row, f"invalid Unicode: {SURROGATE}", excerpt_of(cap))
         else:
             url = images[img]
             yield Record(row, cap, image_url=None if url is None else str(url), image_id=str(img),
@@ -266,7 +139,7 @@ def read_coco_json(path: Path, **_) -> Iterator[Record | Bad]:
 
 def _csv_header(path: Path) -> list[str]:
     """The column names on a CSV's first line, for format detection (the reader checks them)."""
-    for _, line in _lines(path):
+    for _, line in text_lines(path):
         if isinstance(line, Bad):
             raise ReaderError(str(path), f"unreadable header: {line.reason}")
         try:
@@ -284,7 +157,7 @@ def _csv_rows(path: Path, check_header: Callable[[list[str]], str | None] | None
     span = {"first": None, "last": 0}             # the lines csv took for the record it is reading
 
     def text() -> Iterator[str]:
-        for n, line in _lines(path):
+        for n, line in text_lines(path):
             if isinstance(line, Bad):
                 pending.append(line)
                 continue
@@ -334,11 +207,11 @@ def _csv_rows(path: Path, check_header: Callable[[list[str]], str | None] | None
         if not values or all(not v.strip() for v in values):
             yield Bad(line, "empty line")
         elif len(values) != len(header):
-            yield Bad(line, f"expected {len(header)} columns {header}, got {len(values)}", _excerpt(joined))
+            yield Bad(line, f"expected {len(header)} columns {header}, got {len(values)}", excerpt_of(joined))
         elif has_bad_bytes(joined):
-            yield Bad(line, "invalid UTF-8", _excerpt(joined))
+            yield Bad(line, "invalid UTF-8", excerpt_of(joined))
         elif "\x00" in joined:
-            yield Bad(line, "NUL byte in row", _excerpt(joined))
+            yield Bad(line, "NUL byte in row", excerpt_of(joined))
         else:
             yield line, dict(zip(header, values))
     if not any_rows and not pending:
@@ -366,13 +239,13 @@ def read_hierarcaps_csv(path: Path, **_) -> Iterator[Record | Bad]:
         neg = split_tiers(rec["negative"]) if rec.get("negative") else None
         rid = rec["id"].strip() if "id" in rec else None
         if why := chain_problem(pos):
-            yield Bad(line, f"positive chain: {why}", _excerpt(rec[pos_field]))
+            yield Bad(line, f"positive chain: {why}", excerpt_of(rec[pos_field]))
         elif neg is not None and (why := chain_problem(neg)):
-            yield Bad(line, f"negative chain: {why}", _excerpt(rec["negative"]))
+            yield Bad(line, f"negative chain: {why}", excerpt_of(rec["negative"]))
         elif rid == "":
-            yield Bad(line, "empty id", _excerpt(",".join(rec.values())))
+            yield Bad(line, "empty id", excerpt_of(",".join(rec.values())))
         elif rid is not None and rid in ids:
-            yield Bad(line, f"duplicate id {rid}, first at line {ids[rid]}", _excerpt(",".join(rec.values())))
+            yield Bad(line, f"duplicate id {rid}, first at line {ids[rid]}", excerpt_of(",".join(rec.values())))
         else:
             if rid is not None:
                 ids[rid] = line
@@ -399,9 +272,9 @@ def _mapped(get, columns: dict[str, str], row: int, record) -> Record | Bad:
     text_col = columns["text"]
     text = get(text_col)
     if text is None:
-        return Bad(row, f"missing text column '{text_col}'", _excerpt(str(record)))
+        return Bad(row, f"missing text column '{text_col}'", excerpt_of(str(record)))
     if not isinstance(text, str):
-        return Bad(row, f"text column '{text_col}' is not a string", _excerpt(str(record)))
+        return Bad(row, f"text column '{text_col}' is not a string", excerpt_of(str(record)))
 
     def opt(name):
         v = get(columns[name]) if name in columns else None
@@ -409,7 +282,7 @@ def _mapped(get, columns: dict[str, str], row: int, record) -> Record | Bad:
 
     extra = {name: opt(name) for name in ("image_url", "image_id", "id", "split")}
     if bad := [columns.get(k, text_col) for k, v in {"text": text, **extra}.items() if _surrogate(v)]:
-        return Bad(row, f"invalid Unicode in column '{bad[0]}': {SURROGATE}", _excerpt(str(record)))
+        return Bad(row, f"invalid Unicode in column '{bad[0]}': {SURROGATE}", excerpt_of(str(record)))
     return Record(row, text, image_url=extra["image_url"], image_id=extra["image_id"], orig_id=extra["id"],
                   split=extra["split"])
 
@@ -426,7 +299,7 @@ def read_csv(path: Path, columns: dict[str, str] | None = None, **_) -> Iterator
 
 def read_jsonl(path: Path, columns: dict[str, str] | None = None, **_) -> Iterator[Record | Bad]:
     columns = _check_columns(path, columns or {})
-    for row, line in _lines(path):
+    for row, line in text_lines(path):
         if isinstance(line, Bad):
             yield line
             continue
@@ -434,19 +307,19 @@ def read_jsonl(path: Path, columns: dict[str, str] | None = None, **_) -> Iterat
             yield Bad(row, "empty line")
             continue
         if has_bad_bytes(line):
-            yield Bad(row, "invalid UTF-8", _excerpt(line))
+            yield Bad(row, "invalid UTF-8", excerpt_of(line))
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            yield Bad(row, f"invalid JSON: {e.msg}", _excerpt(line))
+            yield Bad(row, f"invalid JSON: {e.msg}", excerpt_of(line))
             continue
         except (RecursionError, ValueError) as e:  # nesting too deep; an integer too long to convert
             yield Bad(row, f"invalid JSON: {'nested too deeply' if isinstance(e, RecursionError) else e}",
-                      _excerpt(line))
+                      excerpt_of(line))
             continue
         if not isinstance(obj, dict):
-            yield Bad(row, "JSON line is not an object", _excerpt(line))
+            yield Bad(row, "JSON line is not an object", excerpt_of(line))
             continue
         yield _mapped(obj.get, columns, row, line)
 
