@@ -7,9 +7,10 @@ markdown bold/code, trailing explanations, chatty preambles, the model repeating
 ``parse_chain(raw, caption)`` -> tiers ``[t1, t2, t3]`` (general -> specific) or a ``reason``.
 ``parse_tier(raw, more_specific)`` -> one tier (``tiers == [text]``) or a ``reason``.
 
-What a parsed chain must keep is :class:`pipeline.chain.ChainRules` (word limits, each tier no
-longer than the next more specific one, no repeats), checked by :func:`pipeline.chain.rule_violation`. Tiers 1-3 are normalised: whitespace collapsed, quotes/markdown/trailing period
-removed, lowercased except all-caps tokens (``USA``, ``NYC``).
+What a parsed chain must keep is :class:`pipeline.chain.ChainRules` (word limits, how much longer
+than the next more specific text a tier may be, no repeats, no copy of the caption), checked by
+:func:`pipeline.chain.rule_violation`. Tiers 1-3 are normalised: whitespace collapsed,
+quotes/markdown/trailing period removed, lowercased except all-caps tokens (``USA``, ``NYC``).
 """
 
 from __future__ import annotations

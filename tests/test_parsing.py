@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
+
 import pytest
+from _shared import EXPANDED, TEST_CSV, needs_shared
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chain import ChainRules, word_count
+from pipeline.chain import ChainRules, split_tiers, text_key, word_count
 from pipeline.parsing import normalize_tier, parse_chain, parse_tier
 
 CAP = "A blue bird sitting on the top of a branch with autumn leaves."
@@ -74,9 +78,24 @@ BAD_OUTPUTS = [
     # the chain separator inside a tier (it would split in two when the chain is read back)
     ("1. bird\n2. blue bird\n3. be => blue bird on branch", "separator"),
     ("1. x => bird\n2. blue bird\n3. blue bird sitting on top of branch", "separator"),
-    # tier 3 longer than the caption
+    # tier 3 longer than the caption: the caption embellished, not generalised
     ("1. bird\n2. blue bird\n3. a lovely little blue bird sitting quietly on top of a thin branch with leaves",
-     None),
+     "elaboration"),
+    # the caption copied into tier 3
+    ("1. bird\n2. blue bird\n3. A blue bird sitting on the top of a branch with autumn leaves in a quiet park",
+     "verbatim"),
+    # runaway length
+    ("1. bird\n2. blue bird\n3. " + " ".join(["a blue bird sitting on a branch"] * 5), "max 27"),
+    ("1. bird\n2. a small blue bird with bright feathers sitting on top of a tree branch\n"
+     "3. a small blue bird with bright feathers sitting on top of a tree branch in autumn", "max 11"),
+    # chatty text and explanations where a tier should be
+    ("The most general description would be bird, then blue bird, and finally a blue bird sitting on a branch.",
+     "tier 1 has 7 words"),
+    ("1. bird: the general category that this image belongs to\n2. blue bird\n3. blue bird sitting on top of branch",
+     "tier 1 has 9 words"),
+    ("1. This image shows a bird\n2. blue bird\n3. blue bird sitting on top of branch", "max 3"),
+    ("Sure! I would be glad to help with this.\nLet me think about the caption step by step.\n"
+     "First, what is in the image? A bird.\nWhat kind of bird? A blue one.", "need 3"),
 ]
 
 
@@ -110,6 +129,20 @@ def test_strict_lengths_config():
     assert parse_chain(raw, cap).ok
     r = parse_chain(raw, cap, ChainRules(strict_lengths=True))
     assert not r.ok and "not shorter" in r.reason
+
+
+def test_runaway_tier_3_against_a_short_caption():
+    cap = "A dog on grass."
+    assert parse_chain("1. dog\n2. brown dog\n3. brown dog on grass", cap).ok
+    r = parse_chain("1. dog\n2. brown dog\n3. a big brown dog running and playing happily with a red ball", cap)
+    assert not r.ok and "at most 2.5x" in r.reason
+
+
+def test_tier_1_may_be_longer_than_tier_2():
+    """Real chains do it ('motorized transportation => motorcycle', a fifth of the released chains)."""
+    cap = "A black Honda motorcycle parked in front of a garage."
+    r = parse_chain("motorized transportation => motorcycle => a motorcycle parked in front", cap)
+    assert r.tiers == ["motorized transportation", "motorcycle", "a motorcycle parked in front"]
 
 
 def test_max_words_config():
@@ -171,8 +204,10 @@ def _check_result(r, caption, cfg=ChainRules()):
     for i, t in enumerate(r.tiers):
         assert t and t == t.strip() and "  " not in t and "\n" not in t
         assert word_count(t) <= cfg.max_words[i]
-    for a, b in zip(chain, chain[1:]):
-        assert word_count(a) <= word_count(b)
+    for growth, a, b in zip(cfg.max_growth, chain, chain[1:]):
+        if growth is not None:
+            assert word_count(a) <= growth * word_count(b)
+        assert f" {text_key(b)} " not in f" {text_key(a)} "
     lowered = [c.lower() for c in chain]
     assert len(set(lowered)) == len(lowered)
 
@@ -204,5 +239,19 @@ def test_fuzz_parse_tier_never_raises(raw, more_specific, tier):
         (t,) = r.tiers
         assert t and t == t.strip() and "\n" not in t
         assert t.lower() != more_specific.strip().lower()
-        if more_specific.strip():
-            assert word_count(t) <= word_count(more_specific)
+        growth = ChainRules().max_growth[(tier or 3) - 1]
+        if more_specific.strip() and growth is not None:
+            assert word_count(t) <= growth * word_count(more_specific)
+
+
+@needs_shared
+@pytest.mark.parametrize("path,column", [(TEST_CSV, "captions"), (EXPANDED, "positive")])
+def test_released_chains_written_by_an_llm_parse(path, column):
+    """A released chain, written as an LLM would ("t1 => t2 => t3", caption given), parses in >= 99%
+    of cases under the default rules. (Negatives are left out: the parser reads their CC-style " - "
+    hyphens, as in "close - up", as a trailing explanation and cuts the tier; 98.8% parse.)"""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as f:
+        chains = [split_tiers(r[column]) for r in csv.DictReader(f)]
+    ok = sum(parse_chain(" => ".join(c[:3]), c[3]).ok for c in chains)
+    assert ok / len(chains) >= 0.99, (ok, len(chains))
