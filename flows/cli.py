@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv")
     p.add_argument("--root")
 
+    p = sub.add_parser("publish", help="upload the run's export to the Hugging Face Hub as a dataset repo")
+    p.add_argument("run_id")
+    p.add_argument("--repo-id", required=True, metavar="OWNER/NAME")
+    p.add_argument("--root", help="output root (default artifacts/)")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing one keeps its visibility)")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token "
+                   "(default HF_TOKEN, else huggingface_hub's login)")
+    p.add_argument("--dry-run", action="store_true", help="check the export and print the plan; upload nothing")
+
     p = sub.add_parser("tiny-models", help="build (or locate) the offline tiny models")
     p.add_argument("--cache-dir")
     for p in sub.choices.values():     # --debug before or after the command (SUPPRESS keeps the first)
@@ -184,6 +193,13 @@ def _dispatch(args) -> int:
         else:
             res = curate.import_curation(store, config.export, args.csv)
             print(json.dumps(res, indent=2))
+        return 0
+    if args.cmd == "publish":
+        from pipeline.publish import publish
+        from pipeline.store import RunStore
+
+        publish(RunStore(args.root or "artifacts", args.run_id), args.repo_id, private=args.private,
+                token_env=args.token_env, dry_run=args.dry_run)
         return 0
     if args.cmd == "tiny-models":
         from pipeline.models.tiny import resolve_model

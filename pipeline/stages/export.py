@@ -3,8 +3,10 @@
 Reads the most downstream chain table of the run (negatives, else bulk, else ingest when the
 input already was a HierarCaps file). Train rows need a full negative chain. The test side is the
 paper's: the chosen test images (``test.images``), their chains with negatives as the pool
-(``positive,negative,image_url``), and the set to curate, one chain per image for ``test.curate``
-images, ids 0..N-1 (``id,captions,image_url``, the curation hand-off; pipeline/testset.py).
+(``positive,negative,image_url``, gzipped as released), and the set to curate, one chain per image
+for ``test.curate`` images, ids 0..N-1 (``id,captions,image_url``, the curation hand-off;
+pipeline/testset.py). The card (``report.write_dataset_card``) declares each CSV as a ``datasets``
+config.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import pyarrow.parquet as pq
 
 from ..chain import chain_problem, has_full_negative, join_tiers
 from ..config import ExportSection
-from ..io.writers import pair_rows, test_rows, write_csv
-from ..report import lineage, write_dataset_card, write_quality_report
+from ..io.writers import pair_rows, test_rows, write_csv, write_csv_gz
+from ..report import lineage, table_file, write_dataset_card, write_quality_report
 from ..schemas import CHAINS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore
@@ -45,7 +47,7 @@ def to_chain_rows(table: pa.Table, origin: str) -> tuple[list[dict], list[dict]]
 
 class Export(Stage):
     name = "export"
-    version = "1"
+    version = "2"   # 2: the test pool is <name>_test_expanded.csv.gz; one card config per CSV
     inputs = CHAIN_TABLES
     params = {"export": "export", "test": "test", "random_seed": "run.random_seed"}
     export: ExportSection
@@ -85,24 +87,30 @@ class Export(Stage):
                                       f"split '{c.get('split')}' is neither a train nor a test split",
                                       join_tiers(c["positive"])))
         out = ctx.out.path
-        files = {}
+        tables: dict[str, tuple[list[str], int]] = {}     # config -> (columns, rows), for the card
+
+        def write(config: str, header_rows: tuple[list[str], list[list]], writer=write_csv) -> None:
+            header, rows = header_rows
+            tables[config] = (header, writer(out / table_file(cfg.name, config), header, rows))
+
         if train:
-            with_url = any(c.get("image_url") for c in train)
-            files["train_csv"] = write_csv(out / f"{cfg.name}_train.csv", *pair_rows(train, with_url))
+            write("train", pair_rows(train, any(c.get("image_url") for c in train)))
         if test:
             curate = sample_test_set(test, self.test, self.random_seed)   # one chain per image, ids 0..N-1
-            files["test_csv"] = write_csv(out / f"{cfg.name}_test.csv", *test_rows(curate))
+            write("test", test_rows(curate))
             ids = {c["chain_id"]: c.get("test_id") for c in curate}
             test = [{**c, "test_id": ids.get(c["chain_id"])} for c in test]
             pool = [c for c in test if has_full_negative(c)]
             if pool:
-                files["test_pool_csv"] = write_csv(out / f"{cfg.name}_test_pool.csv", *pair_rows(pool, True))
+                write("test_pool", pair_rows(pool, True), write_csv_gz)
             ctx.stats.update(test_images=len({image_of(c) for c in test}), test_set=len(curate))
         data = conform(train + test, CHAINS)
         ctx.commit(0, data, conform(rejects, REJECTS), rows_in=table.num_rows)
-        pq.write_table(data, out / f"{cfg.name}.parquet", compression="zstd")
-        ctx.stats.update(files=files, source=origin, train=len(train), test=len(test))
+        pq.write_table(data, out / table_file(cfg.name, "chains"), compression="zstd")
+        tables["chains"] = (data.schema.names, data.num_rows)
+        ctx.stats.update(files={table_file(cfg.name, c): n for c, (_, n) in tables.items()},
+                         source=origin, train=len(train), test=len(test))
         stages = lineage(ctx.store, ups)
-        write_dataset_card(out, cfg.name, stages, train, test)
+        write_dataset_card(out, cfg.name, stages, tables, train + test)
         write_quality_report(out, cfg.name, stages, train + test)
         ctx.stats["report"] = str(out / "report.md")
