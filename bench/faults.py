@@ -72,14 +72,25 @@ def prepare(ref: RunStore, root: Path, run: str, stage: str, keep_stage: bool = 
     return store
 
 
+def differences(ref: RunStore, store: RunStore, stage: str) -> list[str]:
+    """What differs from the reference: rows, rejects, or the manifest's identity (key, sums...)."""
+    from pipeline.store import manifest_identity
+
+    a, b = ref.stage(stage), store.stage(stage)
+    if b.manifest() is None:
+        return ["no finished output"]
+    out = [what for what, x, y in (("rows", a.read(), b.read()), ("rejects", a.read_rejects(), b.read_rejects()))
+           if not x.equals(y)]
+    ia, ib = manifest_identity(a.manifest()), manifest_identity(b.manifest())
+    return out + [f"manifest {k}" for k in sorted(set(ia) | set(ib)) if ia.get(k) != ib.get(k)]
+
+
 def same_as(ref: RunStore, store: RunStore, stage: str) -> tuple[bool, int]:
     """Equal to the reference (rows, rejects, manifest identity); rows lost (negative: extra)."""
     a, b = ref.stage(stage), store.stage(stage)
     if b.manifest() is None:
         return False, a.manifest()["rows_out"]
-    ta, tb = a.read(), b.read()
-    equal = ta.equals(tb) and a.read_rejects().equals(b.read_rejects()) and a.manifest_hash() == b.manifest_hash()
-    return equal, ta.num_rows - tb.num_rows
+    return not differences(ref, store, stage), a.read().num_rows - b.read().num_rows
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -185,6 +196,7 @@ def main() -> None:
                     equal, lost = same_as(ref, store, stage)
                     row = {"stage": stage, "fault": fault, **what, "rerun_exit": rerun.returncode,
                            "survived": rerun.returncode == 0 and equal, "rows_lost": lost,
+                           "differs": [] if equal else differences(ref, store, stage),
                            "seconds": round(time.time() - t0, 1)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

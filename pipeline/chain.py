@@ -22,9 +22,12 @@ TIER_SEP = " => "
 SEP = TIER_SEP.strip()
 
 
-def split_tiers(text: str) -> list[str]:
+def split_tiers(text: str, verbatim: bool = False) -> list[str]:
     """``"a => b => c"`` -> ``["a", "b", "c"]``; parts are stripped, empty parts kept (so a check can
-    name them)."""
+    name them). ``verbatim``: when every separator is exactly ``" => "``, the tiers are kept as
+    written (a released caption's trailing space survives a round trip)."""
+    if verbatim and text.count(SEP) == text.count(TIER_SEP):
+        return text.split(TIER_SEP)
     return [t.strip() for t in text.split(SEP)]
 
 

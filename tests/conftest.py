@@ -66,8 +66,10 @@ def write_run_inputs(folder: Path) -> tuple[Path, Path, set[str]]:
 
     from pipeline.testset import coco_image_id
 
+    from pipeline.text import clean_text
+
     test = coco_test_captions()
-    test_caps = {c for _, c in test}
+    test_caps = {clean_text(c) for _, c in test}          # as ingest cleans them
     train = [ln for ln in (REPO / "examples" / "captions.tsv").read_text(encoding="utf-8").splitlines()
              if ln.count("\t") == 1 and ln.split("\t")[0] not in test_caps]
     tsv = folder / "cc_train.tsv"

@@ -235,8 +235,8 @@ def read_hierarcaps_csv(path: Path, **_) -> Iterator[Record | Bad]:
             continue
         line, rec = item
         pos_field = "captions" if "captions" in rec else "positive"
-        pos = split_tiers(rec[pos_field])
-        neg = split_tiers(rec["negative"]) if rec.get("negative") else None
+        pos = split_tiers(rec[pos_field], verbatim=True)          # curated data: kept as written
+        neg = split_tiers(rec["negative"], verbatim=True) if rec.get("negative") else None
         rid = rec["id"].strip() if "id" in rec else None
         if why := chain_problem(pos):
             yield Bad(line, f"positive chain: {why}", excerpt_of(rec[pos_field]))
