@@ -189,7 +189,11 @@ def run_stage(stage: Stage, store: RunStore, force: bool = False, on_progress: C
                 return {**m, "cache_hit": True}
             log.warning("%s: the finished output is damaged (%s); recomputing what is damaged",
                         stage.name, "; ".join(problems[:3]))
+        stage.preflight()
         for up in stage.upstream_names(store):
+            if store.stage(up).manifest() is None:
+                raise StageError(f"stage '{stage.name}' needs '{up}', which has not finished in run "
+                                 f"'{store.run_id}'; run '{up}' first")
             if problems := store.stage(up).verify():
                 raise StageError(f"stage '{stage.name}' needs '{up}', which is damaged ({'; '.join(problems[:2])}); "
                                  f"rerun '{up}' first")

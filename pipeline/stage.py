@@ -136,6 +136,16 @@ class Stage:
             self._opened.add(name)
         return getattr(self, name)
 
+    def preflight(self) -> None:
+        """Refuse, before waiting on upstream stages or starting a process, a declared model that
+        cannot exist (a typo in a path, an unknown tiny id): the error names the config field."""
+        from .stages.common import refuse_missing
+
+        for attr, path in self.params.items():
+            model = getattr(getattr(self, attr), "model", None)
+            if isinstance(model, str):
+                refuse_missing(f"{path}.model", model)
+
     def setup(self, ctx: StageContext) -> None:
         pass
 

@@ -55,7 +55,7 @@ def prompt_key(*prompt_ids: str) -> dict:
 CHILD_LOAD_ERRORS = ("OSError", "FileNotFoundError", "LocalEntryNotFoundError", "RepositoryNotFoundError")
 
 
-def _refuse_missing(field: str, model_id: str) -> None:
+def refuse_missing(field: str, model_id: str) -> None:
     """Refuse, before anything loads, a model that cannot exist: an unknown tiny id, or a local path
     (absolute, ``./``, ``~``, or with more than one ``/``, which no hub id has) that is missing or
     a file. What else cannot load (a folder without config.json, an id not in the cache offline)
@@ -70,6 +70,18 @@ def _refuse_missing(field: str, model_id: str) -> None:
         raise StageError(f"{field}: {model_id!r}: no such model folder")
     if p.is_file() and p.suffix != ".gguf":
         raise StageError(f"{field}: {model_id!r} is a file, not a model folder")
+    if not local and not model_id.startswith("tiny/") and not p.exists() and _offline_and_uncached(model_id):
+        raise StageError(f"{field}: {model_id!r} is not in the local model cache and the hub is offline "
+                         "(HF_HUB_OFFLINE=1); download it first or name a local folder")
+
+
+def _offline_and_uncached(repo_id: str) -> bool:
+    """A hub id that no offline load can find: no snapshot of it, at any revision, in the hub cache."""
+    from huggingface_hub import constants
+
+    if not (constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes")):
+        return False
+    return not (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots").is_dir()
 
 
 def _load(field: str, model_id: str, build: Callable):
@@ -93,7 +105,7 @@ def open_generator(ctx: StageContext, cfg: GeneratorConfig):
     from ..backends.factory import make_generator
 
     field = "models.generator.model"           # every stage that opens a generator reads it there
-    _refuse_missing(field, cfg.model)
+    refuse_missing(field, cfg.model)
     return _load(field, cfg.model, lambda: make_generator(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
 
@@ -101,13 +113,13 @@ def open_scorer(ctx: StageContext, cfg: NliConfig):
     from ..backends.nli import NliScorer
 
     field = "models.nli.model"                 # every stage that opens a scorer reads it there
-    _refuse_missing(field, cfg.model)
+    refuse_missing(field, cfg.model)
     return _load(field, cfg.model, lambda: NliScorer(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
 
 def base_model(ctx: StageContext, model_id: str) -> str:
     """The checkpoint distill fine-tunes, refused early when it cannot exist."""
-    _refuse_missing("models.completer_base.model", model_id)
+    refuse_missing("models.completer_base.model", model_id)
     return ctx.model_path(model_id)
 
 
