@@ -58,8 +58,9 @@ CHILD_LOAD_ERRORS = ("OSError", "FileNotFoundError", "LocalEntryNotFoundError", 
 def refuse_missing(field: str, model_id: str) -> None:
     """Refuse, before anything loads, a model that cannot exist: an unknown tiny id, or a local path
     (absolute, ``./``, ``~``, or with more than one ``/``, which no hub id has) that is missing or
-    a file. What else cannot load (a folder without config.json, an id not in the cache offline)
-    surfaces as the loader's OSError, which :func:`_load` words the same way."""
+    a file, or (offline) a hub id with no snapshot in the hub cache. What else cannot load (a folder
+    without config.json, a revision not cached) surfaces as the loader's OSError, which
+    :func:`_load` words the same way."""
     from ..models.tiny import TINY_IDS
 
     if model_id.startswith("tiny/") and model_id not in TINY_IDS:
