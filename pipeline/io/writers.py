@@ -5,43 +5,40 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from ..chain import join_tiers
+from .atomic import atomic_file
 
 
-def _write_rows(f, header: list[str], rows: Iterable[list]) -> int:
+def _write_rows(binary: BinaryIO, header: list[str], rows: Iterable[list]) -> int:
+    """The CSV, UTF-8, into a binary file (left open); returns the number of data rows."""
+    f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
     w = csv.writer(f, lineterminator="\n")
     w.writerow(header)
     n = 0
     for r in rows:
         w.writerow(r)
         n += 1
+    f.flush()
+    f.detach()
     return n
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[list]) -> int:
     """Write atomically; returns the number of data rows."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        n = _write_rows(f, header, rows)
-    os.replace(tmp, path)
-    return n
+    with atomic_file(path) as f:
+        return _write_rows(f, header, rows)
 
 
 def write_csv_gz(path: Path, header: list[str], rows: Iterable[list]) -> int:
     """A gzipped CSV, atomically, with the same bytes on every run: no mtime and no file name in the
     gzip header (both default to the moment and the temp file's name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-            io.TextIOWrapper(gz, encoding="utf-8", newline="") as f:
-        n = _write_rows(f, header, rows)
-    os.replace(tmp, path)
-    return n
+    with atomic_file(path) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        return _write_rows(gz, header, rows)
 
 
 def test_id_of(chain: dict, index: int) -> str:
