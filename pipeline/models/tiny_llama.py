@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .tokenizers import train_bpe
 from .tiny_train import (DEFAULT_SEED, HELDOUT_CAPTIONS, Gate, chain_texts, deterministic, inputs, pad,
-                         prompt_texts, train_until, write_record)
+                         prompt_texts, set_greedy, train_until, write_record)
 
 CHATML_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -95,12 +95,7 @@ def build_tiny_llama(out_dir: str | Path, exemplars_path=None, prompts_dir=None,
             tie_word_embeddings=True, rms_norm_eps=1e-5,
         )
         model = LlamaForCausalLM(cfg)
-        gc = model.generation_config
-        gc.do_sample = False
-        gc.max_new_tokens = 48
-        gc.eos_token_id = tok.eos_token_id
-        gc.pad_token_id = tok.pad_token_id
-        gc.bos_token_id = tok.bos_token_id
+        set_greedy(model, tok, bos_token_id=tok.bos_token_id)
 
         def make_batch(idx):
             return {"input_ids": pad([seqs[i] for i in idx], tok.pad_token_id),

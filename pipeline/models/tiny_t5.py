@@ -16,7 +16,7 @@ from pathlib import Path
 from ..chain import TIER_SEP
 from .tokenizers import T5_SPECIALS, t5_tokenizer, train_bpe
 from .tiny_train import (DEFAULT_SEED, HELDOUT_CAPTIONS, Gate, chain_texts, deterministic, inputs, pad,
-                         prompt_texts, train_until, write_record)
+                         prompt_texts, set_greedy, train_until, write_record)
 
 T5_GENERALIZE = "generalize: {caption}"
 T5_SPECIFY = "specify: {tier}"
@@ -100,13 +100,8 @@ def build_tiny_t5(out_dir: str | Path, exemplars_path=None, prompts_dir=None, se
             decoder_start_token_id=tok.pad_token_id, feed_forward_proj="relu", tie_word_embeddings=True,
         )
         model = T5ForConditionalGeneration(cfg)
-        gc = model.generation_config
-        gc.do_sample = False
-        gc.max_new_tokens = 48
-        gc.no_repeat_ngram_size = 5   # a tiny model loops otherwise; 3 would forbid "x => y" twice in a chain
-        gc.decoder_start_token_id = tok.pad_token_id
-        gc.eos_token_id = tok.eos_token_id
-        gc.pad_token_id = tok.pad_token_id
+        # no_repeat_ngram_size: a tiny model loops otherwise; 3 would forbid "x => y" twice in a chain
+        set_greedy(model, tok, no_repeat_ngram_size=5, decoder_start_token_id=tok.pad_token_id)
 
         def make_batch(idx):
             return {"input_ids": pad([src[i] for i in idx], tok.pad_token_id),

@@ -116,6 +116,18 @@ def train_until(model, gate: Gate | None, max_rounds: int, seed: int, desc: str,
                          f"rounds, the build needs {gate.need}; change the builder (steps, data) or the gate")
 
 
+def set_greedy(model, tok, **extra) -> None:
+    """What the saved model generates with when a caller says nothing: greedy, at most 48 new
+    tokens, the tokenizer's end and padding ids (``extra``: other generation settings)."""
+    gc = model.generation_config
+    gc.do_sample = False
+    gc.max_new_tokens = 48
+    gc.eos_token_id = tok.eos_token_id
+    gc.pad_token_id = tok.pad_token_id
+    for name, value in extra.items():
+        setattr(gc, name, value)
+
+
 def pad(seqs: list[list[int]], value: int, left: bool = False):
     import torch
 
