@@ -200,9 +200,15 @@ class StageDir:
     def read_unit(self, index: int, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.unit_path(index), columns=columns)
 
-    def iter_tables(self, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    def iter_batches(self, columns: list[str] | None = None, batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
+        """The stage's rows in unit order, a record batch at a time, only ``columns``: what a stage
+        reads from a big upstream instead of ``read()`` (memory holds one batch, whatever the size)."""
         for f in self.data_files():
-            yield pq.read_table(f, columns=columns)
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+    def num_rows(self) -> int:
+        """Rows over all finished units, from the Parquet footers (nothing is read)."""
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.data_files())
 
     def read_rejects(self) -> pa.Table:
         files = self.reject_files()
