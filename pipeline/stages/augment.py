@@ -17,8 +17,9 @@ from ..prompts import load_prompt, render_augment
 from ..schemas import reject
 from ..stage import Stage, StageContext, log
 from ..text import norm_key
-from .common import (call_sampling, caption_rows, model_key, open_generator, open_scorer, prompt_key,
-                     request_seed, rng_for, run_units, sample_rows)
+from .common import (call_sampling, caption_units, model_key, open_generator, open_scorer, prompt_key,
+                     request_seed, rng_for, run_units)
+from .units import Units
 
 
 class Augment(Stage):
@@ -51,19 +52,19 @@ class Augment(Stage):
         if not demos:  # nothing to demonstrate: record why and let distill go on with what it has
             ctx.stats["skipped"] = "nli_filter accepted no seed chains, so there are no demonstrations"
             log.warning("augment: %s", ctx.stats["skipped"])
-            run_units(ctx, [], cfg.unit_rows, None)
+            run_units(ctx, Units.of_rows([], cfg.unit_rows), None)
             return
         seed_stage = ctx.upstream("seed")
         seeded = {d["caption_id"] for d in seed_stage.read(columns=["caption_id"]).to_pylist()} | \
                  {r["key"] for r in seed_stage.read_rejects().to_pylist()}
-        pool = [r for r in caption_rows(ctx, cfg.splits) if r["caption_id"] not in seeded]
-        rows = sample_rows(pool, cfg.max_captions, self.random_seed, "augment")
+        work = caption_units(ctx, cfg.splits, cfg.unit_rows, cfg.max_captions, self.random_seed, "augment",
+                             exclude=seeded)
         # chains already accepted (seeds + committed augment units) -> no duplicates across units
         seen = {self._key(d["positive"]) for d in demos}
         for i in sorted(ctx.done_units()):
             seen |= {self._key(p) for p in ctx.out.read_unit(i, ["positive"]).column("positive").to_pylist()}
-        run_units(ctx, rows, cfg.unit_rows, lambda i, chunk: self._unit(chunk, demos, seen), note="captions")
-        ctx.stats.update(captions=len(rows), demonstrations=len(demos))
+        run_units(ctx, work, lambda i, chunk: self._unit(chunk, demos, seen), note="captions")
+        ctx.stats.update(captions=work.total, demonstrations=len(demos))
 
     @staticmethod
     def _key(positive) -> str:

@@ -8,6 +8,12 @@ stage can also serve given chains.
 
 from __future__ import annotations
 
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from ..backends.nli import NliConfig
 from ..chain import ChainRules, chain_row, rule_violation, split_tiers
 from ..config import BulkSection, NliFilterSection
@@ -15,7 +21,24 @@ from ..judge import Judge
 from ..schemas import reject
 from ..testset import TestSection, choose_images, image_of
 from ..stage import Stage, StageContext
-from .common import model_key, open_h, open_scorer, run_units, sample_rows
+from .common import model_key, open_h, open_scorer, run_units
+from .units import Where, all_of, is_in, stream_units
+
+IMAGE_COLUMNS = ("split", "image_id", "image_url")
+
+
+def _outside_or_chosen(test_splits: list[str], chosen: set[str]) -> Where:
+    """Rows outside the test splits, and test rows whose image is among the chosen test images."""
+    in_test = is_in("split", test_splits)
+
+    def where(b: pa.RecordBatch) -> pa.Array:
+        mask = pc.fill_null(in_test(b), False).to_numpy(zero_copy_only=False)
+        keep = ~mask
+        idx = np.flatnonzero(mask)
+        rows = b.select(list(IMAGE_COLUMNS)).take(pa.array(idx)).to_pylist()
+        keep[idx] = [image_of(r) in chosen for r in rows]
+        return pa.array(keep)
+    return where
 
 
 class Bulk(Stage):
@@ -42,15 +65,25 @@ class Bulk(Stage):
         self.h_id = f"H(distill {ctx.upstream('distill').manifest()['key'][:12]})"   # run-independent provenance
 
     def process(self, ctx: StageContext) -> None:
-        rows = [r for r in ctx.upstream("ingest").read().to_pylist() if r["split"] in self.bulk.splits]
-        test = [r for r in rows if self.bulk.splits[r["split"]] == self.test.split]
-        chosen = choose_images((image_of(r) for r in test), self.test, self.random_seed)
+        ingest = ctx.upstream("ingest")
+        where = [is_in("split", self.bulk.splits)]
+        test_splits = [s for s, out in self.bulk.splits.items() if out == self.test.split]
+        chosen = choose_images(self._test_images(ingest, test_splits), self.test, self.random_seed) \
+            if self.test.images is not None else None
         if chosen is not None:   # only the test images' captions go through H
-            rows = [r for r in rows if self.bulk.splits[r["split"]] != self.test.split or image_of(r) in chosen]
+            where.append(_outside_or_chosen(test_splits, chosen))
             ctx.stats["test_images"] = len(chosen)
-        rows = sample_rows(rows, self.bulk.max_captions, self.random_seed, "bulk")
-        run_units(ctx, rows, self.bulk.unit_rows, lambda i, chunk: self._unit(chunk), note="captions")
-        ctx.stats["captions"] = len(rows)
+        work = stream_units(ingest, self.bulk.unit_rows, all_of(*where), list(IMAGE_COLUMNS),
+                            n=self.bulk.max_captions, seed=self.random_seed, salt="bulk")
+        run_units(ctx, work, lambda i, chunk: self._unit(chunk), note="captions")
+        ctx.stats["captions"] = work.total
+
+    @staticmethod
+    def _test_images(ingest, test_splits: list[str]) -> Iterator[str | None]:
+        """The images of the test-split captions (a bounded pool: COCO val), streamed."""
+        wanted = is_in("split", test_splits)
+        for b in ingest.iter_batches(list(IMAGE_COLUMNS)):
+            yield from (image_of(r) for r in b.filter(pc.fill_null(wanted(b), False)).to_pylist())
 
     def _unit(self, chunk: list[dict]):
         split = self.bulk.splits

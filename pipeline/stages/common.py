@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import StageContext, StageError
+from .units import Units, all_of, has_no_chain, is_in, stream_units
 
 if TYPE_CHECKING:
     from ..backends.generation import GeneratorConfig, SamplingConfig
@@ -155,38 +159,34 @@ def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
     return int(digest([run_seed, caption_id, step])[:8], 16) & 0x7FFF_FFFF
 
 
-def sample_rows(rows: list[dict], n: int | None, seed: int, salt: str) -> list[dict]:
-    """A deterministic sample (order by a seeded hash of the id), stable across reruns."""
-    ordered = sorted(rows, key=lambda r: digest([seed, salt, r["caption_id"]]))
-    return ordered[:n] if n else ordered
-
-
-def units(rows: list, size: int) -> Iterator[tuple[int, list]]:
-    for i in range(0, len(rows), size):
-        yield i // size, rows[i:i + size]
-
-
-def run_units(ctx: StageContext, rows: list, size: int,
-              fn: Callable[[int, list], tuple[list[dict], list[dict]]], note: str = "") -> None:
-    """Process rows in fixed units, skipping units already committed (resume)."""
+def run_units(ctx: StageContext, work: Units, fn: Callable[[int, list], tuple[list[dict], list[dict]]],
+              note: str = "") -> None:
+    """Process the units, skipping those already committed (resume); only a unit still to do
+    becomes Python rows."""
     done = ctx.done_units()
-    total = len(rows)
-    if not rows and 0 not in done:  # an empty result is still a result downstream stages can read
+    if not work.total and 0 not in done:  # an empty result is still a result downstream stages can read
         ctx.commit(0, CHAINS.empty_table(), REJECTS.empty_table(), rows_in=0)
-    for index, chunk in units(rows, size):
+    for index, table in work:
         if index in done:
             continue
+        chunk = table.to_pylist()
         out, rejects = fn(index, chunk)
         ctx.commit(index, conform(out, CHAINS), conform(rejects, REJECTS), rows_in=len(chunk))
-        ctx.progress(min(total, (index + 1) * size), total, note, force=True)
-    ctx.progress(total, total, "done", force=True)
+        ctx.progress(min(work.total, (index + 1) * work.size), work.total, note, force=True)
+    ctx.progress(work.total, work.total, "done", force=True)
 
 
 def rng_for(seed: int, *salt) -> random.Random:
     return random.Random(digest([seed, *salt]))
 
 
-def caption_rows(ctx: StageContext, splits: list[str]) -> list[dict]:
-    """Captions of the given splits that do not already carry a chain."""
-    t = ctx.upstream("ingest").read()
-    return [r for r in t.to_pylist() if r["split"] in splits and not r["positive"]]
+def caption_units(ctx: StageContext, splits: list[str], size: int, n: int | None, seed: int, salt: str,
+                  exclude: set[str] = frozenset()) -> Units:
+    """Captions of the given splits that do not already carry a chain (nor have an id in
+    ``exclude``), a seeded sample of ``n`` of them, as units."""
+    where = [is_in("split", splits), has_no_chain]
+    if exclude:
+        value_set = pa.array(sorted(exclude), type=pa.string())
+        where.append(lambda b: pc.invert(pc.is_in(b.column("caption_id"), value_set=value_set)))
+    return stream_units(ctx.upstream("ingest"), size, all_of(*where), ["split", "positive", "caption_id"],
+                        n=n, seed=seed, salt=salt)

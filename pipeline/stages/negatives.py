@@ -16,6 +16,7 @@ from ..judge import score_negatives
 from ..stage import Stage, StageContext
 from ..text import norm_key
 from .common import model_key, open_h, open_scorer, run_units
+from .units import stream_units
 
 
 class Negatives(Stage):
@@ -37,8 +38,8 @@ class Negatives(Stage):
         self.open_engine("scorer", lambda: open_scorer(ctx, self.nli))
 
     def process(self, ctx: StageContext) -> None:
-        rows = ctx.upstream("bulk").read().to_pylist()
-        run_units(ctx, rows, self.negatives.unit_rows, lambda i, chunk: (self._unit(i, chunk), []), note="chains")
+        run_units(ctx, stream_units(ctx.upstream("bulk"), self.negatives.unit_rows),
+                  lambda i, chunk: (self._unit(i, chunk), []), note="chains")
 
     def _keep(self, candidate: str, positive_k: str, ent: float, con: float) -> bool:
         cfg = self.negatives

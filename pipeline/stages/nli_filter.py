@@ -12,6 +12,7 @@ from ..config import NliFilterSection
 from ..judge import Judge, acceptance_table
 from ..stage import Stage, StageContext
 from .common import model_key, open_scorer, run_units
+from .units import stream_units
 
 
 class NliFilter(Stage):
@@ -31,9 +32,8 @@ class NliFilter(Stage):
         self.judge = Judge(self.open_engine("scorer", lambda: open_scorer(ctx, self.nli)), self.nli_filter)
 
     def process(self, ctx: StageContext) -> None:
-        rows = ctx.upstream("seed").read().to_pylist()
         verdicts: list = []
-        run_units(ctx, rows, self.nli_filter.unit_rows,
+        run_units(ctx, stream_units(ctx.upstream("seed"), self.nli_filter.unit_rows),
                   lambda i, chunk: self.judge.filter(chunk, self.name, "seed", verdicts), note="chains")
         if verdicts:  # units judged in this process (a resumed run reports the units it did)
             ctx.stats["tables"] = {"acceptance-per-link": acceptance_table(verdicts, self.nli_filter.entail_threshold)}

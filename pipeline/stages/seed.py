@@ -14,8 +14,7 @@ from ..parsing import parse_chain, parse_tier
 from ..prompts import load_exemplars, load_prompt, render_seed_chain, render_seed_tier
 from ..schemas import reject
 from ..stage import Stage, StageContext
-from .common import (call_sampling, caption_rows, model_key, open_generator, prompt_key, request_seed, run_units,
-                     sample_rows)
+from .common import call_sampling, caption_units, model_key, open_generator, prompt_key, request_seed, run_units
 
 
 class Seed(Stage):
@@ -44,10 +43,11 @@ class Seed(Stage):
         self.open_engine("gen", lambda: open_generator(ctx, self.generator))
 
     def process(self, ctx: StageContext) -> None:
-        rows = sample_rows(caption_rows(ctx, self.seed.splits), self.seed.max_captions, self.random_seed, "seed")
+        work = caption_units(ctx, self.seed.splits, self.seed.unit_rows, self.seed.max_captions, self.random_seed,
+                             "seed")
         step = self._tier_unit if self.seed.strategy == "tier" else self._chain_unit
-        run_units(ctx, rows, self.seed.unit_rows, lambda i, chunk: step(chunk), note="captions")
-        ctx.stats["captions"] = len(rows)
+        run_units(ctx, work, lambda i, chunk: step(chunk), note="captions")
+        ctx.stats["captions"] = work.total
 
     def _row(self, r: dict, tiers: list[str], output: str) -> dict:
         return chain_row(r, [*tiers, r["text"]], stage=self.name, model=self.generator.model, prompt_id=self.prompt.id,
