@@ -43,7 +43,7 @@ def _outside_or_chosen(test_splits: list[str], chosen: set[str]) -> Where:
 
 class Bulk(Stage):
     name = "bulk"
-    version = "1"
+    version = "2"  # 2: without max_captions, units follow the upstream order (no sort)
     inputs = ("distill", "ingest")
     params = {"bulk": "bulk", "nli": "models.nli", "judge_cfg": "nli_filter", "rules": "rules",
               "test": "test", "random_seed": "run.random_seed"}

@@ -19,7 +19,7 @@ from .common import call_sampling, caption_units, model_key, open_generator, pro
 
 class Seed(Stage):
     name = "seed"
-    version = "3"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds
+    version = "4"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds; 4: unsampled units in upstream order
     inputs = ("ingest",)
     params = {"seed": "seed", "generator": "models.generator", "rules": "rules", "random_seed": "run.random_seed"}
     isolated = True
