@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.chain import N_TIERS, chain_problem, is_chain
 from pipeline.config import ExportSection
@@ -28,7 +29,7 @@ from pipeline.io.writers import test_id_of, test_rows, write_csv
 from pipeline.schemas import CHAINS, REJECTS, conform, reject
 from pipeline.stage import StageError
 from pipeline.stages.export import CHAIN_TABLES, chain_table
-from pipeline.store import RunStore
+from pipeline.store import RunStore, StageDir
 
 TIER_COLS = [f"tier{k}" for k in range(1, N_TIERS + 1)]
 HEADER = ["id", "chain_id", "image_url", *TIER_COLS, "keep", "note"]
@@ -52,18 +53,28 @@ def unescape_cell(value: str) -> str:
     return value[1:] if _ESCAPED.match(value) else value
 
 
+def _rows(sd: StageDir, keep) -> list[dict]:
+    """The rows of ``sd`` that ``keep`` (a record batch -> mask) selects, read a batch at a time:
+    only those become Python rows, never the whole table."""
+    out = []
+    for b in sd.iter_batches():
+        out += b.filter(keep(b)).to_pylist()
+    return out
+
+
 def _test_chains(store: RunStore, export: ExportSection) -> list[dict]:
     """The test set export drew (one chain per image, ids 0..N-1) when export has run; else the
     test-split chains of the table export reads (the furthest finished of negatives, bulk, ingest)."""
     if store.stage("export").manifest() is not None:
-        rows = [r for r in store.stage("export").read().to_pylist() if r.get("test_id") is not None]
+        rows = _rows(store.stage("export"), lambda b: pc.is_valid(b.column("test_id")))
         if rows:
             return sorted(rows, key=lambda r: r["test_id"])
     table = chain_table(store)
     if table is None:
         raise StageError(f"run {store.run_id} has no finished chain table ({', '.join(CHAIN_TABLES)})")
-    rows = store.stage(table).read().to_pylist()
-    return [r for r in rows if r.get("split") in export.test_splits and is_chain(r.get("positive"))]
+    splits = pa.array(export.test_splits, pa.string())
+    rows = _rows(store.stage(table), lambda b: pc.is_in(b.column("split"), value_set=splits))
+    return [r for r in rows if is_chain(r.get("positive"))]
 
 
 def export_for_curation(store: RunStore, export: ExportSection, out: str | Path) -> int:

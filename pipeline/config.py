@@ -149,6 +149,7 @@ class ExportSection(Section):
     train_splits: list[str] = ["train"]
     test_splits: list[str] = ["test"]
     require_negatives_for_train: bool = True
+    unit_rows: int = Field(20_000, ge=1)   # upstream rows per committed export unit (what a resume keeps)
 
 
 class AlignSection(AlignConfig):

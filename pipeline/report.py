@@ -1,13 +1,19 @@
 """Dataset card (a Hugging Face dataset README) and the quality report (markdown + PNG plots).
 
 Both hold only what the data and the config determine, never timings or run ids, so the same
-config and seed give byte-identical files (timings live in the manifests)."""
+config and seed give byte-identical files (timings live in the manifests). Both are computed from
+:class:`ChainStats`, fed the exported chains a table at a time, never from a list of every chain."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .chain import N_TIERS, join_tiers
 from .registry import stage_names
@@ -35,8 +41,86 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
             *["| " + " | ".join(str(x) for x in r) + " |" for r in rows]]
 
 
-def top_concepts(chains: list[dict], n: int = 15) -> list[tuple[str, int]]:
-    return Counter(c["positive"][0].lower() for c in chains).most_common(n)
+BINS = 20            # score histograms: 20 bins over [0, 1]
+
+
+def _bin(values: np.ndarray) -> np.ndarray:
+    return np.histogram(values.astype(np.float64), BINS, range=(0, 1))[0]
+
+
+def _field(structs, name: str) -> np.ndarray:
+    return pc.struct_field(structs, name).to_numpy(zero_copy_only=False)
+
+
+class ChainStats:
+    """What the card and the quality report say about the exported chains, fed a table at a time
+    in export order (train, then test) so that no list of every chain is held: the count, the
+    first chain, tier-1 concepts (ties in first-seen order), items with a negative per tier, words
+    per tier as a count per value (the box plot needs no more), NLI scores as histogram bins."""
+
+    def __init__(self) -> None:
+        self.n, self.example = 0, None
+        self.concepts: Counter = Counter()
+        self.negatives: Counter = Counter()                  # tier -> negatives found there
+        self.words = [Counter() for _ in range(N_TIERS)]     # per tier: word count -> chains
+        self.links: dict[str, np.ndarray] = {}               # "premise->hypothesis" -> P(entailment) bins
+        self.contradicts = np.zeros(BINS, np.int64)          # P(contradiction | pos_k, neg_k)
+        self.entails_prev = np.zeros(BINS, np.int64)         # P(entailment | neg_k, pos_k-1), k > 1
+
+    def add(self, table: pa.Table) -> "ChainStats":
+        positive = table.column("positive").to_pylist()
+        for p in positive:
+            self.concepts[p[0].lower()] += 1
+            for k, words in enumerate(self.words):
+                words[len(p[k].split())] += 1
+        if positive and self.example is None:
+            self.example = join_tiers(positive[0])
+        self.n += len(positive)
+        if "link_scores" in table.column_names:
+            s = pc.list_flatten(table.column("link_scores"))
+            prem, hyp, ent = _field(s, "premise_tier"), _field(s, "hypothesis_tier"), _field(s, "entailment")
+            for p, h in sorted(set(zip(prem.tolist(), hyp.tolist()))):
+                key = f"{p}->{h}"
+                self.links[key] = self.links.get(key, 0) + _bin(ent[(prem == p) & (hyp == h)])
+        if "neg_scores" in table.column_names:
+            s = pc.list_flatten(table.column("neg_scores"))
+            tier = _field(s, "tier")
+            self.negatives.update(Counter(tier.tolist()))
+            self.contradicts += _bin(_field(s, "contradicts_pos"))
+            self.entails_prev += _bin(_field(s, "entails_prev")[tier > 1])
+        return self
+
+    def top_concepts(self, n: int = 15) -> list[tuple[str, int]]:
+        return self.concepts.most_common(n)
+
+
+def box_stats(counts: Counter, label: str) -> dict:
+    """``matplotlib.cbook.boxplot_stats`` (whis=1.5) of the values ``counts`` holds (value -> how
+    often), from the counts alone: quartiles as numpy's linear percentile, whiskers at the furthest
+    values within 1.5 IQR of the box, every value beyond them a flier (in value order)."""
+    values = sorted(counts)
+    cum = np.cumsum([counts[v] for v in values])
+    n = int(cum[-1])
+
+    def at(j: int) -> int:                                   # the j-th smallest value, 0-based
+        return values[int(np.searchsorted(cum, j, side="right"))]
+
+    def pct(q: float) -> float:
+        v = q / 100 * (n - 1)
+        lo = math.floor(v)
+        t, a, b = v - lo, at(lo), at(min(lo + 1, n - 1))
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+    q1, med, q3 = pct(25), pct(50), pct(75)
+    iqr = q3 - q1
+    hi = max((v for v in values if v <= q3 + 1.5 * iqr), default=q3)
+    lo = min((v for v in values if v >= q1 - 1.5 * iqr), default=q1)
+    hi, lo = (q3 if hi < q3 else hi), (q1 if lo > q1 else lo)
+    out = [v for v in values if v < lo or v > hi]
+    fliers = np.repeat(np.array(out, dtype=np.int64), [counts[v] for v in out])
+    return {"label": label, "mean": sum(v * c for v, c in counts.items()) / n, "med": med, "q1": q1, "q3": q3,
+            "iqr": iqr, "cilo": med - 1.57 * iqr / np.sqrt(n), "cihi": med + 1.57 * iqr / np.sqrt(n),
+            "whislo": lo, "whishi": hi, "fliers": fliers}
 
 
 # table -> (split, file, what it holds), in card order; the first declared is the default config
@@ -136,13 +220,13 @@ def _front_matter(name: str, tables: dict[str, tuple[list[str], int]]) -> list[s
 
 
 def write_dataset_card(out: Path, name: str, stages: dict[str, dict], tables: dict[str, tuple[list[str], int]],
-                       chains: list[dict]) -> str:
+                       stats: ChainStats) -> str:
     """The README a Hugging Face dataset folder needs: ``tables`` (config -> columns, rows, in
     ``TABLES`` order) become the configs ``load_dataset`` reads; the body says what they hold, what
     made them, which licences to check and whom to cite."""
     tables = {c: tables[c] for c in TABLES if c in tables}
     configs = declared_configs(name, tables)
-    example = join_tiers(chains[0]["positive"]) if chains else ""
+    example = stats.example or ""
     columns = list(dict.fromkeys(c for cols, _ in tables.values() for c in cols))   # as the tables show them
     sources = (stages.get("ingest", {}).get("params", {}).get("ingest", {}) or {}).get("sources") or []
     licences = [f"- source `{s.get('name')}` ({_source_format(s)}, split {s.get('split')}): "
@@ -167,7 +251,7 @@ def write_dataset_card(out: Path, name: str, stages: dict[str, dict], tables: di
         "## Pipeline stages", "",
         *_table(["stage", "rows in", "rows out", "rejected", "models"],
                 [[s, m["rows_in"], m["rows_out"], m["rows_rejected"], _models(m)] for s, m in stages.items()]),
-        "", "## Top tier-1 concepts", "", ", ".join(f"{w} ({n})" for w, n in top_concepts(chains)), "",
+        "", "## Top tier-1 concepts", "", ", ".join(f"{w} ({n})" for w, n in stats.top_concepts()), "",
         "## Licences to check", "",
         "This card claims no licence (`license: other`): the data inherits the terms of its sources and of",
         "the models that wrote the tiers. Check, before use or redistribution:", "",
@@ -186,45 +270,40 @@ def write_dataset_card(out: Path, name: str, stages: dict[str, dict], tables: di
     return text
 
 
-def _plots(out: Path, chains: list[dict]) -> list[str]:
+def _plots(out: Path, stats: ChainStats) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
-    by_link: dict[str, list[float]] = {}
-    for c in chains:
-        for s in c.get("link_scores") or []:
-            by_link.setdefault(f"{s['premise_tier']}->{s['hypothesis_tier']}", []).append(s["entailment"])
-    neg_c = [s["contradicts_pos"] for c in chains for s in (c.get("neg_scores") or [])]
-    neg_e = [s["entails_prev"] for c in chains for s in (c.get("neg_scores") or []) if s["tier"] > 1]
+    edges = np.linspace(0, 1, BINS + 1)
+
+    def hist(ax, bins: np.ndarray, label: str) -> None:      # the bars hist() draws for the scores
+        ax.hist(edges[:-1], bins=edges, weights=bins, alpha=0.5, label=label)
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for k, v in sorted(by_link.items()):
-        axes[0].hist(v, bins=20, range=(0, 1), alpha=0.5, label=f"link {k}")
+    for k, v in sorted(stats.links.items()):
+        hist(axes[0], v, f"link {k}")
     axes[0].set_title("positive links: P(entailment)")
     axes[0].legend(fontsize=7)
-    axes[1].hist(neg_c, bins=20, range=(0, 1), alpha=0.5, label="P(contradiction | pos_k, neg_k)")
-    axes[1].hist(neg_e, bins=20, range=(0, 1), alpha=0.5, label="P(entailment | neg_k, pos_k-1)")
+    hist(axes[1], stats.contradicts, "P(contradiction | pos_k, neg_k)")
+    hist(axes[1], stats.entails_prev, "P(entailment | neg_k, pos_k-1)")
     axes[1].set_title("negatives")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "nli_scores.png", dpi=90)
     plt.close(fig)
-    files.append("nli_scores.png")
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    lengths = [[len(c["positive"][k].split()) for c in chains] for k in range(N_TIERS)]
-    ax.boxplot(lengths, tick_labels=[f"tier {k + 1}" for k in range(N_TIERS)])
+    ax.bxp([box_stats(stats.words[k], f"tier {k + 1}") for k in range(N_TIERS)])
     ax.set_ylabel("words")
     ax.set_title("tier lengths")
     fig.tight_layout()
     fig.savefig(out / "tier_lengths.png", dpi=90)
     plt.close(fig)
-    files.append("tier_lengths.png")
-    return files
+    return ["nli_scores.png", "tier_lengths.png"]
 
 
-def write_quality_report(out: Path, name: str, stages: dict[str, dict], chains: list[dict]) -> str:
+def write_quality_report(out: Path, name: str, stages: dict[str, dict], stats: ChainStats) -> str:
     """Acceptance per stage and per link, score histograms, tier lengths, top tier-1 concepts. Only
     what the data determines: the same work gives the same bytes (timings stay in the manifests)."""
     counts = {s: {**m, "stats": m.get("stats", {})} for s, m in stages.items()}
@@ -237,20 +316,17 @@ def write_quality_report(out: Path, name: str, stages: dict[str, dict], chains: 
         if t:
             lines += ["", f"## {s}: acceptance per link (premise tier -> hypothesis tier)", ""]
             lines += _table(["link", "chains", "passed", "rate"], [[r["link"], r["chains"], r["passed"], r["rate"]] for r in t])
-    neg = Counter()
-    for c in chains:
-        for s in c.get("neg_scores") or []:
-            neg[s["tier"]] += 1
-    if chains:
+    neg = stats.negatives
+    if stats.n:
         lines += ["", "## Negatives found per tier", ""]
         lines += _table(["tier", "items with a negative", "share"],
-                        [[k, neg[k], f"{neg[k] / len(chains):.2f}"] for k in range(1, N_TIERS + 1)])
+                        [[k, neg[k], f"{neg[k] / stats.n:.2f}"] for k in range(1, N_TIERS + 1)])
         gen = counts.get("distill", {}).get("stats", {}).get("generation_check")
         if gen:
             lines += ["", f"H generation check on held-out seeds: validity {gen['validity_rate']:.3f} "
                           f"({gen['n_valid']}/{gen['n']}), malformed {gen['n_malformed']}"]
-        lines += ["", "## Top tier-1 concepts", "", *_table(["concept", "chains"], top_concepts(chains)), ""]
-        for f in _plots(out, chains):
+        lines += ["", "## Top tier-1 concepts", "", *_table(["concept", "chains"], stats.top_concepts()), ""]
+        for f in _plots(out, stats):
             lines += [f"![{f}]({f})", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text, encoding="utf-8")

@@ -1,44 +1,61 @@
-"""HierarCaps CSV writers (the official formats, tiers joined by ' => ')."""
+"""HierarCaps CSV writers (the official formats, tiers joined by ' => ').
+
+A CSV is written a batch of rows at a time (:func:`csv_appender`) into a temp file that becomes
+the file only when it is whole, so an export of millions of chains never holds them as rows."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..chain import join_tiers
 from .atomic import atomic_file
 
 
-def _write_rows(binary: BinaryIO, header: list[str], rows: Iterable[list]) -> int:
-    """The CSV, UTF-8, into a binary file (left open); returns the number of data rows."""
-    f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-    w = csv.writer(f, lineterminator="\n")
-    w.writerow(header)
-    n = 0
-    for r in rows:
-        w.writerow(r)
-        n += 1
-    f.flush()
-    f.detach()
-    return n
+class _Rows:
+    """What :func:`csv_appender` hands out: call it with rows to append; ``n`` counts them."""
+
+    def __init__(self, writer):
+        self._writer, self.n = writer, 0
+
+    def __call__(self, rows: Iterable[list]) -> None:
+        for r in rows:
+            self._writer.writerow(r)
+            self.n += 1
+
+
+@contextlib.contextmanager
+def csv_appender(path: Path, header: list[str], gz: bool = False) -> Iterator[Callable[[Iterable[list]], None]]:
+    """A UTF-8 CSV at ``path``, written atomically from batches of rows. ``gz``: gzipped with the
+    same bytes on every run (no mtime and no file name in the gzip header, which default to the
+    moment and the temp file's name). How the rows are batched never changes the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as raw, (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if gz
+                                    else contextlib.nullcontext(raw)) as binary:
+        f = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        yield _Rows(w)
+        f.flush()
+        f.detach()
 
 
 def write_csv(path: Path, header: list[str], rows: Iterable[list]) -> int:
     """Write atomically; returns the number of data rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:
-        return _write_rows(f, header, rows)
+    with csv_appender(path, header) as add:
+        add(rows)
+    return add.n
 
 
 def write_csv_gz(path: Path, header: list[str], rows: Iterable[list]) -> int:
-    """A gzipped CSV, atomically, with the same bytes on every run: no mtime and no file name in the
-    gzip header (both default to the moment and the temp file's name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        return _write_rows(gz, header, rows)
+    """A gzipped CSV, atomically, byte-deterministic (see :func:`csv_appender`)."""
+    with csv_appender(path, header, gz=True) as add:
+        add(rows)
+    return add.n
 
 
 def test_id_of(chain: dict, index: int) -> str:
@@ -55,13 +72,20 @@ def test_rows(chains: list[dict]) -> tuple[list[str], list[list]]:
     return ["id", "captions", "image_url"], rows
 
 
-def pair_rows(chains: list[dict], with_url: bool) -> tuple[list[str], list[list]]:
-    """Train / expanded format: ``positive,negative[,image_url]``."""
-    header = ["positive", "negative"] + (["image_url"] if with_url else [])
-    rows = []
-    for c in chains:
-        r = [join_tiers(c["positive"]), join_tiers(c["negative"])]
-        if with_url:
-            r.append(c.get("image_url") or "")
-        rows.append(r)
-    return header, rows
+PAIR_COLUMNS = ["positive", "negative", "image_url"]   # what pair rows are made of
+
+
+def pair_header(with_url: bool) -> list[str]:
+    return PAIR_COLUMNS if with_url else PAIR_COLUMNS[:2]
+
+
+def pair_rows(chains: Iterable[dict], with_url: bool) -> tuple[list[str], Iterator[list]]:
+    """Train / expanded format: ``positive,negative[,image_url]``; the rows come lazily, so a
+    caller may feed chains a batch at a time."""
+    def rows() -> Iterator[list]:
+        for c in chains:
+            r = [join_tiers(c["positive"]), join_tiers(c["negative"])]
+            if with_url:
+                r.append(c.get("image_url") or "")
+            yield r
+    return pair_header(with_url), rows()
