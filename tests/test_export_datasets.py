@@ -21,7 +21,8 @@ from conftest import copy_run, rewrite_stage
 from flows.cli import main
 from pipeline.chain import has_full_negative
 from pipeline.io.writers import write_csv, write_csv_gz
-from pipeline.report import ChainStats, lineage, write_dataset_card
+from pipeline.chain_stats import ChainStats
+from pipeline.report import lineage, write_dataset_card
 from pipeline.runner import run_stages
 
 

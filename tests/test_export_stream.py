@@ -95,7 +95,7 @@ def test_killed_export_resumes_to_the_uninterrupted_output(reference, tmp_path, 
         patch = ("from pipeline.stages.export import Export; f = Export.commit_unit; "
                  "Export.commit_unit = lambda self, *a: (f(self, *a), time.sleep(0.3))[0]")
     else:                 # slow the file pass, batch by batch
-        patch = ("from pipeline.report import ChainStats; f = ChainStats.add; "
+        patch = ("from pipeline.chain_stats import ChainStats; f = ChainStats.add; "
                  "ChainStats.add = lambda self, t: (f(self, t), time.sleep(0.3))[0]")
     proc = subprocess.Popen(cli(tmp_path, "killed", "export.unit_rows=250", patch=patch), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -14,7 +14,7 @@ the images and draw the set to curate. Then export unit i is upstream rows
 ``[i * export.unit_rows, (i + 1) * export.unit_rows)``, its train chains then its test chains,
 committed like any stage's unit, so a killed export resumes from its finished units. The files
 are written last from the committed units (each streamed into a temp file, renamed when whole),
-and the card and report from accumulators (``report.ChainStats``).
+and the card and report from accumulators (``chain_stats.ChainStats``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from ..chain import chain_problem, has_full_negative, join_tiers
 from ..config import ExportSection
 from ..io.atomic import atomic_file
 from ..io.writers import PAIR_COLUMNS, csv_appender, pair_header, pair_rows, test_rows, write_csv, write_csv_gz
-from ..report import ChainStats, lineage, table_file, write_dataset_card, write_quality_report
+from ..chain_stats import ChainStats
+from ..report import lineage, table_file, write_dataset_card, write_quality_report
 from ..schemas import CHAINS, REJECTS, conform, reject
 from ..stage import Stage, StageContext, StageError
 from ..store import RunStore, StageDir
