@@ -30,7 +30,7 @@ from ..text import has_bad_bytes
 from .textfile import (COLUMN_KEYS, MAX_DOC_BYTES, SURROGATE, UTF16_BOMS, Bad, ReaderError, Record, check_file,
                        excerpt_of, open_binary, text_lines)
 
-__all__ = ["Bad", "Record", "ReaderError", "READERS", "detect_format", "read_source"]
+__all__ = ["Bad", "Record", "ReaderError", "READERS", "cc_tsv_row", "detect_format", "read_source"]
 
 
 def detect_format(path: Path) -> str:
@@ -50,22 +50,24 @@ def detect_format(path: Path) -> str:
 
 
 def read_cc_tsv(path: Path, **_) -> Iterator[Record | Bad]:
-    """Conceptual Captions: ``caption<TAB>url`` per line, no header."""
+    """Conceptual Captions: ``caption<TAB>url`` per line, no header. Line by line; ingest reads the
+    format a block at a time (:mod:`pipeline.io.tsv_fast`), with the same items."""
     for row, line in text_lines(path):
-        if isinstance(line, Bad):
-            yield line
-            continue
-        line = line.rstrip("\r\n")
-        if has_bad_bytes(line):
-            yield Bad(row, "invalid UTF-8", excerpt_of(line))
-        elif "\x00" in line:
-            yield Bad(row, "NUL byte in line", excerpt_of(line))
-        elif not line.strip():
-            yield Bad(row, "empty line")
-        elif len(parts := line.split("\t")) != 2:
-            yield Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", excerpt_of(line))
-        else:
-            yield Record(row, parts[0], image_url=parts[1].strip() or None)
+        yield line if isinstance(line, Bad) else cc_tsv_row(row, line)
+
+
+def cc_tsv_row(row: int, line: str) -> Record | Bad:
+    """One decoded TSV line (its line end included or not) as a Record, or why it is not one."""
+    line = line.rstrip("\r\n")
+    if has_bad_bytes(line):
+        return Bad(row, "invalid UTF-8", excerpt_of(line))
+    if "\x00" in line:
+        return Bad(row, "NUL byte in line", excerpt_of(line))
+    if not line.strip():
+        return Bad(row, "empty line")
+    if len(parts := line.split("\t")) != 2:
+        return Bad(row, f"expected 2 tab-separated columns (caption, url), got {len(parts)}", excerpt_of(line))
+    return Record(row, parts[0], image_url=parts[1].strip() or None)
 
 
 def _json_id(v) -> bool:
