@@ -1,21 +1,23 @@
-"""Streamed units (pipeline/stages/units.py): the same rows, sample and unit boundaries as the
-in-memory path they replace, whatever the batch size, without reading the upstream as Python."""
+"""Streamed units (pipeline/stages/units.py): the same rows, sample and unit boundaries as a sort
+of the whole upstream in memory, whatever the batch size, without reading the upstream as Python."""
 
 from __future__ import annotations
 
 import random
 
+import pyarrow as pa
 import pytest
 
-from pipeline.hashing import digest
 from pipeline.schemas import CAPTIONS, conform
 from pipeline.stages import units as U
 from pipeline.store import StageDir
 
 
-def old_sample(rows: list[dict], n: int | None, seed: int, salt: str) -> list[dict]:
-    """What the stages did before streaming (pipeline/stages/common.sample_rows)."""
-    ordered = sorted(rows, key=lambda r: digest([seed, salt, r["caption_id"]]))
+def in_memory_sample(rows: list[dict], n: int | None, seed: int, salt: str) -> list[dict]:
+    """The sample as a sort of every row in memory (what the stages did before streaming), by each
+    id's key computed on its own."""
+    key = lambda r: int(U.order_keys(seed, salt, pa.array([r["caption_id"]]))[0])    # noqa: E731
+    ordered = sorted(rows, key=key)
     return ordered[:n] if n else ordered
 
 
@@ -56,7 +58,7 @@ def test_sample_matches_the_in_memory_order(upstream, monkeypatch, n, batch):
     monkeypatch.setattr(U, "BATCH", batch)
     where = U.all_of(U.is_in("split", ["train"]), U.has_no_chain)
     work = U.stream_units(sd, 16, where, ["split", "positive"], n=n, seed=3, salt="seed")
-    expect = [r["caption_id"] for r in old_sample(wanted(rows), n, 3, "seed")]
+    expect = [r["caption_id"] for r in in_memory_sample(wanted(rows), n, 3, "seed")]
     got = [c for ids in unit_ids(work) for c in ids]
     assert got == expect and work.total == len(expect)
     assert all(len(ids) == 16 for ids in unit_ids(work)[:-1])
@@ -74,9 +76,16 @@ def test_unsampled_units_follow_upstream_order(upstream, monkeypatch, batch):
     assert full.column_names == sd.read().column_names           # every column unless told otherwise
 
 
-def test_order_keys_equal_digest():
-    ids = ["abc", "0123456789abcdef", 'q"uote', "ünï", "a b", ""]
-    assert [int(k) for k in U.order_keys(7, "bulk", ids)] == [int(digest([7, "bulk", i]), 16) for i in ids]
+def test_sample_order_is_seeded_and_spread(upstream):
+    """Each stage and seed draws its own order; a sample is spread over the whole upstream."""
+    sd, rows = upstream
+    ids = pa.array([r["caption_id"] for r in rows])
+    a, b, c = U.order_keys(7, "bulk", ids), U.order_keys(8, "bulk", ids), U.order_keys(7, "seed", ids)
+    assert (a != b).mean() > 0.99 and (a != c).mean() > 0.99
+    picked = [t.column("source_row").to_pylist() for _, t in U.stream_units(sd, 100, n=200, seed=7, salt="bulk")]
+    rows_at = sorted(r for unit in picked for r in unit)
+    assert 400 < sum(rows_at) / len(rows_at) < 600           # mean row of a uniform sample of 1..1000: ~500
+    assert sum(r <= 500 for r in rows_at) in range(80, 121)
 
 
 def test_units_never_read_the_whole_upstream(upstream, monkeypatch):

@@ -24,7 +24,9 @@ from .units import Units
 
 class Augment(Stage):
     name = "augment"
-    version = "4"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds; 4: unsampled units in upstream order
+    # 2: the prompt's stop strings reach the engine; 3: hashed request seeds; 4: streamed units
+    # (numpy-hashed sample order; unsampled units in upstream order)
+    version = "4"
     inputs = ("ingest", "seed", "nli_filter")
     params = {"augment": "augment", "judge_cfg": "nli_filter", "generator": "models.generator",
               "nli": "models.nli", "rules": "rules", "random_seed": "run.random_seed"}

@@ -22,7 +22,7 @@ from ..schemas import reject
 from ..testset import TestSection, choose_images, image_of
 from ..stage import Stage, StageContext
 from .common import model_key, open_h, open_scorer, run_units
-from .units import Where, all_of, is_in, stream_units
+from .units import CAPTION_COLUMNS, Where, all_of, is_in, stream_units
 
 IMAGE_COLUMNS = ("split", "image_id", "image_url")
 
@@ -43,7 +43,7 @@ def _outside_or_chosen(test_splits: list[str], chosen: set[str]) -> Where:
 
 class Bulk(Stage):
     name = "bulk"
-    version = "2"  # 2: without max_captions, units follow the upstream order (no sort)
+    version = "2"  # 2: streamed units (numpy-hashed sample order; without max_captions, upstream order)
     inputs = ("distill", "ingest")
     params = {"bulk": "bulk", "nli": "models.nli", "judge_cfg": "nli_filter", "rules": "rules",
               "test": "test", "random_seed": "run.random_seed"}
@@ -73,7 +73,7 @@ class Bulk(Stage):
         if chosen is not None:   # only the test images' captions go through H
             where.append(_outside_or_chosen(test_splits, chosen))
             ctx.stats["test_images"] = len(chosen)
-        work = stream_units(ingest, self.bulk.unit_rows, all_of(*where), list(IMAGE_COLUMNS),
+        work = stream_units(ingest, self.bulk.unit_rows, all_of(*where), list(IMAGE_COLUMNS), columns=CAPTION_COLUMNS,
                             n=self.bulk.max_captions, seed=self.random_seed, salt="bulk")
         run_units(ctx, work, lambda i, chunk: self._unit(chunk), note="captions")
         ctx.stats["captions"] = work.total

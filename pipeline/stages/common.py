@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 from ..hashing import digest, file_digest
 from ..schemas import CHAINS, REJECTS, conform
 from ..stage import StageContext, StageError
-from .units import Units, all_of, has_no_chain, is_in, stream_units
+from .units import CAPTION_COLUMNS, Units, all_of, has_no_chain, is_in, stream_units
 
 if TYPE_CHECKING:
     from ..backends.generation import GeneratorConfig, SamplingConfig
@@ -189,4 +189,4 @@ def caption_units(ctx: StageContext, splits: list[str], size: int, n: int | None
         value_set = pa.array(sorted(exclude), type=pa.string())
         where.append(lambda b: pc.invert(pc.is_in(b.column("caption_id"), value_set=value_set)))
     return stream_units(ctx.upstream("ingest"), size, all_of(*where), ["split", "positive", "caption_id"],
-                        n=n, seed=seed, salt=salt)
+                        columns=CAPTION_COLUMNS, n=n, seed=seed, salt=salt)

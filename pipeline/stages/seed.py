@@ -19,7 +19,9 @@ from .common import call_sampling, caption_units, model_key, open_generator, pro
 
 class Seed(Stage):
     name = "seed"
-    version = "4"  # 2: the prompt's stop strings reach the engine; 3: hashed request seeds; 4: unsampled units in upstream order
+    # 2: the prompt's stop strings reach the engine; 3: hashed request seeds; 4: streamed units
+    # (numpy-hashed sample order; unsampled units in upstream order)
+    version = "4"
     inputs = ("ingest",)
     params = {"seed": "seed", "generator": "models.generator", "rules": "rules", "random_seed": "run.random_seed"}
     isolated = True

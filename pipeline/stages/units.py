@@ -8,16 +8,17 @@ the units, ``(index, table)``, built one at a time; only units still to do becom
   a resumed run skips exactly the finished units.
 - Without a sample, units follow the upstream's order, a batch at a time (memory: one batch and
   one unit).
-- A sample orders the wanted rows by the seeded hash it always used (``digest([seed, salt, id])``,
-  ties in upstream order) and keeps the first ``n``: one streaming pass over the id column (and the
-  ``where`` columns) with a bounded top-n, then a pass that takes only the chosen rows.
+- A sample orders the wanted rows by a seeded hash of their id (:func:`order_keys`, ties in
+  upstream order) and keeps the first ``n``: one streaming pass over the id column (and the
+  ``where`` columns) with a bounded top-n, then a pass that takes only the chosen rows. The hash
+  is computed by numpy for a whole batch: the sha256 a row it replaces cost 2 us a row in Python,
+  6 s before bulk's first model call over 3.3M captions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -25,22 +26,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..hashing import stable_json
+from ..background import read_ahead
+from ..hashing import digest, hashes64
 from ..store import StageDir
 
 Where = Callable[[pa.RecordBatch], pa.Array]      # batch -> boolean mask of the rows wanted
+# what a chain is built from (chain.chain_row): a caption stage reads no more of ingest's columns
+CAPTION_COLUMNS = ["caption_id", "text", "source", "split", "image_url", "image_id", "orig_id", "positive", "negative"]
 BATCH = int(os.environ.get("HIERARCAPS_SCAN_BATCH", 8192))   # rows per read; units never depend on it
 
 
-def order_keys(seed: int, salt: str, ids: list[str]) -> np.ndarray:
-    """``int(digest([seed, salt, id])[:16], 16)`` per id (the sample order), as uint64."""
-    head = stable_json([seed, salt])[:-1] + ","
-
-    def key(i: str) -> int:
-        quoted = f'"{i}"' if i.isascii() and i.isalnum() else json.dumps(i)
-        return int.from_bytes(hashlib.sha256(f"{head}{quoted}]".encode()).digest()[:8], "big")
-
-    return np.fromiter((key(i) for i in ids), dtype=np.uint64, count=len(ids))
+def order_keys(seed: int, salt: str, ids: pa.Array) -> np.ndarray:
+    """The sample order of each id: a 64-bit hash of the id (``hashing.hashes64``, vectorised)
+    started from a hash of ``[seed, salt]``, so each stage and seed draws its own order."""
+    start = np.full(len(ids), int(digest([seed, salt]), 16), dtype=np.uint64)
+    return hashes64(ids.cast(pa.string()), start)
 
 
 def _mask(batch: pa.RecordBatch, where: Where | None) -> np.ndarray:
@@ -107,12 +107,11 @@ def _top_n(sd: StageDir, scan_cols: list[str], where: Where | None, n: int, seed
     """Global positions and keys of the ``n`` wanted rows with the smallest (key, position)."""
     keys, pos = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
     held, start = 0, 0
-    for b in sd.iter_batches(scan_cols, BATCH):
+    for b in read_ahead(sd.iter_batches(scan_cols, BATCH)):     # the next batch is read while this one is hashed
         m = _mask(b, where)
         idx = np.flatnonzero(m)
         if len(idx):
-            ids = b.column(id_column).take(pa.array(idx)).to_pylist()
-            keys.append(order_keys(seed, salt, ids))
+            keys.append(order_keys(seed, salt, b.column(id_column).take(pa.array(idx))))
             pos.append(idx.astype(np.int64) + start)
             held += len(idx)
         start += b.num_rows
@@ -127,16 +126,19 @@ def _top_n(sd: StageDir, scan_cols: list[str], where: Where | None, n: int, seed
 
 
 def _take(sd: StageDir, positions: np.ndarray, columns: list[str] | None) -> pa.Table:
-    """The rows at sorted global ``positions``, reading only the units that hold them."""
+    """The rows at sorted global ``positions``, reading only the units that hold them (two at a
+    time: Parquet decoding releases the GIL)."""
     import pyarrow.parquet as pq
 
-    parts, start = [], 0
+    wanted, start = [], 0
     for f in sd.data_files():
         rows = pq.ParquetFile(f).metadata.num_rows
         lo, hi = np.searchsorted(positions, [start, start + rows])
         if hi > lo:
-            parts.append(pq.read_table(f, columns=columns).take(pa.array(positions[lo:hi] - start)))
+            wanted.append((f, positions[lo:hi] - start))
         start += rows
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda w: pq.read_table(w[0], columns=columns).take(pa.array(w[1])), wanted))
     if not parts:
         return pq.read_schema(sd.data_files()[0]).empty_table() if sd.data_files() else pa.table({})
     return pa.concat_tables(parts)
