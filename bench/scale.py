@@ -4,13 +4,15 @@ For each size N it writes a Conceptual-Captions-style TSV of N lines (real COCO 
 ../shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz with a counter, so rows are distinct,
 plus 1% exact duplicates and 1% bad rows), then runs the tiny preset stage by stage, each in its own
 process (``hierarcaps stage``), recording wall time and peak RSS (``wait4``: the stage's process
-and the model process it spawns):
+and the model process it spawns; this script prepares data in children of its own and stays
+small, since a child's ``ru_maxrss`` also counts its parent's memory at the fork):
 
 - ingest, seed, nli_filter, augment, distill and bulk over the N-row ingest, model work bounded by
   ``max_captions`` (seed and augment: the preset's 40; ``bulk.max_captions=1000``);
 - negatives and export over N chains: bulk's finished output is replaced by N chains from the
   released pool (counter appended), all but 50 already with a negative chain, so the data path
-  streams N rows while H runs on 50;
+  streams N rows while H runs on 50; about 3,000 of them are test chains at every size (the test
+  side is a fixed pool, COCO val in the paper);
 - side by side, bulk's selection before its first model call: today's streamed path vs the
   ``read().to_pylist()`` path with the sha256 sample order it replaced (each in its own process).
 
@@ -30,14 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 EXPANDED = REPO.parent / "shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz"
 STAGES = ("ingest", "seed", "nli_filter", "augment", "distill", "bulk")
 BULK_N = 1000
 WITHOUT_NEGATIVES = 50
+TEST_CHAINS = 3000        # the test side is a fixed pool (COCO val in the paper), whatever the train size
 
 
 def load_pool() -> list[dict]:
@@ -93,6 +94,8 @@ def stage(name: str, root: Path, run: str, tsv: Path) -> tuple[float, float]:
 
 def replace_bulk(root: Path, run: str, n: int, pool: list[dict]) -> None:
     """bulk's finished output becomes N chains (units of 2048), its manifest kept consistent."""
+    import pyarrow as pa
+
     from pipeline.schemas import CHAINS
     from pipeline.store import RunStore, StageDir
 
@@ -105,9 +108,9 @@ def replace_bulk(root: Path, run: str, n: int, pool: list[dict]) -> None:
         rows = []
         for i in range(lo, min(n, lo + size)):
             p = pool[i % len(pool)]
-            neg = None if i % (n // WITHOUT_NEGATIVES or 1) == 0 and len(rows) < n else [*p["negative"][:3],
-                                                                                      f"{p['negative'][3]} {i}"]
-            rows.append(dict(chain_id=f"c{i}", caption_id=f"c{i}", source="cc", split="test" if i % 500 == 0 else "train",
+            neg = None if i % max(1, n // WITHOUT_NEGATIVES) == 0 else [*p["negative"][:3], f"{p['negative'][3]} {i}"]
+            split = "test" if i % max(1, n // TEST_CHAINS) == 0 else "train"
+            rows.append(dict(chain_id=f"c{i}", caption_id=f"c{i}", source="cc", split=split,
                              image_url=f"{p['image_url']}?{i}", positive=[*p["positive"][:3], f"{p['positive'][3]} {i}"],
                              negative=neg, stage="bulk", random_seed=0))
         sd.write_unit(u, pa.Table.from_pylist(rows, schema=CHAINS), None,
@@ -124,6 +127,9 @@ def probe(path: str, root: str, run: str) -> None:
     from pipeline.stages.units import CAPTION_COLUMNS, all_of, is_in, stream_units
     from pipeline.store import RunStore
 
+    import pyarrow as pa
+
+    pa.array([0])             # pyarrow's first array imports pandas (0.3 s): a bulk process has, with its engines
     t0 = time.time()
     sd = RunStore(root, run).stage("ingest")
     splits = ["train", "test"]
@@ -138,17 +144,21 @@ def probe(path: str, root: str, run: str) -> None:
     print(json.dumps({"first_unit_s": time.time() - t0, "ids": [r["caption_id"] for r in first]}))
 
 
-def one_size(n: int, pool: list[dict], td: Path) -> dict:
+def in_child(*args: str) -> str:
+    """Data preparation in a process of its own: wait4's peak RSS of a later child counts what this
+    (its parent) holds, so this process stays small and imports no pyarrow."""
+    return measured([sys.executable, __file__, *args])[2]
+
+
+def one_size(n: int, td: Path) -> dict:
     tsv, root, run = td / f"cc_{n}.tsv", td / "art", f"scale{n}"
-    make_tsv(tsv, n, pool)
+    in_child("--make-tsv", str(n), str(tsv))
     res = {"lines": n, "file_mib": round(tsv.stat().st_size / 2**20, 1), "stages": {}}
     for name in STAGES:
         wall, rss = stage(name, root, run, tsv)
         res["stages"][name] = {"wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)}
         print(n, name, res["stages"][name], flush=True)
-    from pipeline.store import RunStore
-
-    ingest_rows = RunStore(root, run).stage("ingest").num_rows()
+    ingest_rows = json.loads((root / "runs" / run / "ingest" / "manifest.json").read_text())["rows_out"]
     for name in ("seed", "augment", "bulk"):
         res["stages"][name]["rows_scanned"] = ingest_rows
     res["stages"]["ingest"]["rows_scanned"] = n
@@ -159,7 +169,7 @@ def one_size(n: int, pool: list[dict], td: Path) -> dict:
     old_ids, new_ids = set(probes["old"].pop("ids")), set(probes["new"].pop("ids"))
     res["bulk_first_model_call"] = {**probes, "first_unit_size": len(new_ids), "shared_with_old": len(old_ids & new_ids),
                                     "new_vs_old": round(probes["new"]["first_unit_s"] / probes["old"]["first_unit_s"], 4)}
-    replace_bulk(root, run, n, pool)
+    in_child("--replace-bulk", str(n), str(root), run)
     for name in ("negatives", "export"):
         wall, rss = stage(name, root, run, tsv)
         res["stages"][name] = {"wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1), "rows_scanned": n}
@@ -197,14 +207,20 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000, 3_300_000])
     ap.add_argument("--out", default=str(REPO / "bench/results/scale.json"))
     ap.add_argument("--probe", choices=["old", "new"])
+    ap.add_argument("--make-tsv", nargs=2, metavar=("N", "PATH"))
+    ap.add_argument("--replace-bulk", nargs=3, metavar=("N", "ROOT", "RUN"))
     ap.add_argument("--root")
     ap.add_argument("--run")
     args = ap.parse_args()
     if args.probe:
         return probe(args.probe, args.root, args.run)
-    pool = load_pool()
+    if args.make_tsv:
+        return make_tsv(Path(args.make_tsv[1]), int(args.make_tsv[0]), load_pool())
+    if args.replace_bulk:
+        n, root, run = args.replace_bulk
+        return replace_bulk(Path(root), run, int(n), load_pool())
     with tempfile.TemporaryDirectory(dir=os.environ.get("SCALE_TMP")) as td:
-        results = [one_size(n, pool, Path(td)) for n in args.sizes]
+        results = [one_size(n, Path(td)) for n in args.sizes]
     out = Path(args.out)
     out.write_text(json.dumps(results, indent=2))
     out.with_suffix(".md").write_text(markdown(results))
