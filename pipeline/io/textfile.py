@@ -111,6 +111,22 @@ def skip_rest_of_line(f) -> int:
     return skipped
 
 
+GZIP_DAMAGE = (EOFError, gzip.BadGzipFile, zlib.error)      # what reading a damaged .gz raises
+
+
+def damage_reason(e: BaseException) -> str:
+    """A damaged .gz's error, in the words every line reader uses."""
+    return "file ends early (truncated gzip)" if isinstance(e, EOFError) else f"damaged gzip data ({e})"
+
+
+def damage_after(path: Path, n: int, damage: str) -> Bad:
+    """The Bad that ends a damaged stream after line ``n``; damage before any whole line makes the
+    file unreadable."""
+    if n == 0:
+        raise ReaderError(str(path), f"{damage} before the end of its first line")
+    return Bad(n + 1, f"{damage} after line {n}; any later lines are lost")
+
+
 def text_lines(path: Path) -> Iterator[tuple[int, str | Bad]]:
     """(line number, decoded line with its line end) for each line of a text file, possibly
     gzipped. Invalid UTF-8 survives as surrogate escapes so each row can be judged on its own. An
@@ -130,15 +146,11 @@ def text_lines(path: Path) -> Iterator[tuple[int, str | Bad]]:
                     yield n, Bad(n, f"line longer than {MAX_LINE_BYTES} bytes ({size} bytes)", excerpt)
                     continue
                 yield n, raw.decode("utf-8", "surrogateescape")
-        except EOFError:
-            damage = "file ends early (truncated gzip)"
-        except (gzip.BadGzipFile, zlib.error) as e:
-            damage = f"damaged gzip data ({e})"
+        except GZIP_DAMAGE as e:
+            damage = damage_reason(e)
         except OSError as e:
             raise ReaderError(str(path), f"read error after line {n}: {e}") from None
-    if damage and n == 0:
-        raise ReaderError(str(path), f"{damage} before the end of its first line")
     if damage:
-        yield n + 1, Bad(n + 1, f"{damage} after line {n}; any later lines are lost")
+        yield n + 1, damage_after(path, n, damage)
     elif n == 0:
         raise ReaderError(str(path), "empty file (nothing after decompression)")

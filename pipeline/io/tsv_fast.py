@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -23,8 +22,8 @@ import pyarrow.compute as pc
 
 from .batch import RECORDS, Batch, items_batch, records_table
 from .readers import cc_tsv_row
-from .textfile import (EXCERPT_MAX, MAX_LINE_BYTES, Bad, Record, ReaderError, check_file, excerpt_of,
-                       first_bytes, open_binary, skip_rest_of_line)
+from .textfile import (EXCERPT_MAX, GZIP_DAMAGE, MAX_LINE_BYTES, Bad, Record, ReaderError, check_file,
+                       damage_after, damage_reason, excerpt_of, first_bytes, open_binary, skip_rest_of_line)
 
 BLOCK = 2 << 20                   # above MAX_LINE_BYTES: a block always ends a line or starts skipping one
 # gzip's readline decompresses in steps of its buffer; reading in the same steps loses the same bytes
@@ -175,9 +174,7 @@ class _Lines:
         when it was already overlong, as ``text_lines`` numbers it), one Bad says where it ends."""
         if not self.long and self.size:
             yield from self._split(final=False)
-        if self.n == 0:
-            raise ReaderError(str(self.path), f"{damage} before the end of its first line")
-        yield items_batch(self.n, [Bad(self.n + 1, f"{damage} after line {self.n}; any later lines are lost")])
+        yield items_batch(self.n, [damage_after(self.path, self.n, damage)])
 
 
 def read_cc_tsv_batches(path: Path) -> Iterator[Batch]:
@@ -191,10 +188,8 @@ def read_cc_tsv_batches(path: Path) -> Iterator[Batch]:
             while chunk := (f.read1(GZIP_STEP) if gz else f.read(BLOCK)):
                 yield from lines.feed(chunk)
             yield from lines.end()
-        except EOFError:
-            damage = "file ends early (truncated gzip)"
-        except (gzip.BadGzipFile, zlib.error) as e:
-            damage = f"damaged gzip data ({e})"
+        except GZIP_DAMAGE as e:
+            damage = damage_reason(e)
         except OSError as e:
             raise ReaderError(str(path), f"read error after line {lines.n}: {e}") from None
     if damage:

@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..hashing import digest, file_digest
@@ -186,7 +185,7 @@ def caption_units(ctx: StageContext, splits: list[str], size: int, n: int | None
     ``exclude``), a seeded sample of ``n`` of them, as units."""
     where = [is_in("split", splits), has_no_chain]
     if exclude:
-        value_set = pa.array(sorted(exclude), type=pa.string())
-        where.append(lambda b: pc.invert(pc.is_in(b.column("caption_id"), value_set=value_set)))
+        excluded = is_in("caption_id", exclude)
+        where.append(lambda b: pc.invert(pc.fill_null(excluded(b), False)))
     return stream_units(ctx.upstream("ingest"), size, all_of(*where), ["split", "positive", "caption_id"],
                         columns=CAPTION_COLUMNS, n=n, seed=seed, salt=salt)
