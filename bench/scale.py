@@ -14,7 +14,8 @@ small, since a child's ``ru_maxrss`` also counts its parent's memory at the fork
   streams N rows while H runs on 50; about 3,000 of them are test chains at every size (the test
   side is a fixed pool, COCO val in the paper);
 - side by side, bulk's selection before its first model call: today's streamed path vs the
-  ``read().to_pylist()`` path with the sha256 sample order it replaced (each in its own process).
+  ``read().to_pylist()`` path with the sha256 sample order it replaced (each in its own process,
+  alternated three times; the medians are compared).
 
     .venv/bin/python bench/scale.py --sizes 10000 1000000 3300000
 """
@@ -26,6 +27,7 @@ import csv
 import gzip
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ EXPANDED = REPO.parent / "shared/data/hierarcaps/hierarcaps_test_expanded.csv.gz
 STAGES = ("ingest", "seed", "nli_filter", "augment", "distill", "bulk")
 BULK_N = 1000
 WITHOUT_NEGATIVES = 50
+PROBE_REPEATS = 3        # bulk's selection, each path: the median of 3 alternated runs
 TEST_CHAINS = 3000        # the test side is a fixed pool (COCO val in the paper), whatever the train size
 
 
@@ -153,7 +156,8 @@ def in_child(*args: str) -> str:
 def one_size(n: int, td: Path) -> dict:
     tsv, root, run = td / f"cc_{n}.tsv", td / "art", f"scale{n}"
     in_child("--make-tsv", str(n), str(tsv))
-    res = {"lines": n, "file_mib": round(tsv.stat().st_size / 2**20, 1), "stages": {}}
+    res = {"lines": n, "file_mib": round(tsv.stat().st_size / 2**20, 1), "stages": {},
+           "load_avg_1m_at_start": os.getloadavg()[0]}     # walls are only comparable on a quiet machine
     for name in STAGES:
         wall, rss = stage(name, root, run, tsv)
         res["stages"][name] = {"wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)}
@@ -163,9 +167,16 @@ def one_size(n: int, td: Path) -> dict:
         res["stages"][name]["rows_scanned"] = ingest_rows
     res["stages"]["ingest"]["rows_scanned"] = n
     probes = {}
-    for path in ("old", "new"):
+    for path in ("old", "new") * PROBE_REPEATS:     # alternated, so both see the same machine; medians kept
         wall, rss, out = measured([sys.executable, __file__, "--probe", path, "--root", str(root), "--run", run])
-        probes[path] = {**json.loads(out), "process_wall_s": round(wall, 2), "peak_rss_mib": round(rss, 1)}
+        probes.setdefault(path, []).append({**json.loads(out), "process_wall_s": round(wall, 2),
+                                            "peak_rss_mib": round(rss, 1)})
+    for path, runs in probes.items():
+        ids = runs[0]["ids"]
+        assert all(r.pop("ids") == ids for r in runs), f"the {path} path chose different captions across repeats"
+        probes[path] = {"first_unit_s": statistics.median(r["first_unit_s"] for r in runs), "ids": ids,
+                        "first_unit_s_runs": [round(r["first_unit_s"], 3) for r in runs],
+                        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
     old_ids, new_ids = set(probes["old"].pop("ids")), set(probes["new"].pop("ids"))
     res["bulk_first_model_call"] = {**probes, "first_unit_size": len(new_ids), "shared_with_old": len(old_ids & new_ids),
                                     "new_vs_old": round(probes["new"]["first_unit_s"] / probes["old"]["first_unit_s"], 4)}
@@ -192,7 +203,8 @@ def markdown(results: list[dict]) -> str:
         ratio = f"{rss[-1] / by[1_000_000][name]['peak_rss_mib']:.3f}" if 1_000_000 in by else "-"
         lines.append(f"| {name} | " + " | ".join(f"{x:.0f}" for x in rss) + " | "
                      + " | ".join(f"{by[s][name]['wall_s']:.1f}" for s in sizes) + f" | {ratio} | {rss[-1] - rss[0]:+.0f} |")
-    lines += ["", "bulk, selection to its first model call (streamed vs `read().to_pylist()`):", ""]
+    lines += ["", "bulk, selection to its first model call (streamed vs `read().to_pylist()`, medians of "
+              f"{PROBE_REPEATS} alternated runs):", ""]
     for r in results:
         b = r["bulk_first_model_call"]
         lines.append(f"- {r['lines']:,} rows: new {b['new']['first_unit_s']:.2f} s / {b['new']['peak_rss_mib']:.0f} MiB, "

@@ -1,9 +1,10 @@
-"""Two helpers that let ingest use a second core without changing what it does or in which order:
-reading the next batch, and writing the last unit, happen in a thread while the main thread works
-on the current batch (numpy, Arrow, Parquet and hashlib on large buffers release the GIL).
+"""Helpers that let the data path use a second core without changing what it does or in which
+order: reading the next batch, and writing the last unit, happen in a thread while the main thread
+works on the current batch; a sample's scan works on two upstream files at once (numpy, Arrow,
+Parquet and hashlib on large buffers release the GIL).
 
-Both keep one thing in flight, so memory grows by one batch or one unit at most, and both hand
-errors back where the sequential code would have raised them.
+Each keeps a bounded number of things in flight, so memory grows by a few batches or units at
+most, and each hands errors back where the sequential code would have raised them.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -60,6 +62,27 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             except queue.Empty:
                 pass
         thread.join()
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int = 2) -> Iterator[R]:
+    """``fn(item)`` for each item, ``workers`` at a time in threads, yielded in the items' order;
+    at most ``workers + 1`` results wait unread. An error is raised at its item's place."""
+    pending: queue.SimpleQueue[Future] = queue.SimpleQueue()
+    with ThreadPoolExecutor(workers, thread_name_prefix="ordered-map") as pool:
+        waiting = 0
+        try:
+            for item in items:
+                pending.put(pool.submit(fn, item))
+                waiting += 1
+                if waiting > workers:
+                    waiting -= 1
+                    yield pending.get().result()
+            while waiting:
+                waiting -= 1
+                yield pending.get().result()
+        finally:
+            while not pending.empty():
+                pending.get().cancel()
 
 
 class InOrder:

@@ -31,6 +31,8 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
                          split=rng.choice(["train", "train", "test", None]), image_url=f"u{i % 40}",
                          positive=chain))
     rows[11]["caption_id"] = rows[10]["caption_id"]                                 # a tie keeps upstream order
+    for i in (137, 500, 999):                                                       # ... across unit files too
+        rows[i]["caption_id"], rows[i]["split"], rows[i]["positive"] = rows[10]["caption_id"], rows[10]["split"], None
     return rows
 
 
