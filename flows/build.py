@@ -47,13 +47,18 @@ def stage_task(name: str, config: dict, run_id: str, force: bool = False) -> dic
 @flow(name="build-hierarcaps", log_prints=True, persist_result=False)
 def build_hierarcaps(preset: str | None = "tiny", config: dict | None = None, config_path: str | None = None,
                      overrides: list[str] | None = None, run_id: str | None = None,
-                     stages: list[str] | None = None, force: bool = False, limit: int | None = None) -> dict:
-    """Build a HierarCaps-style dataset. `config` (a full resolved config) wins over preset/config_path."""
+                     stages: list[str] | None = None, force: bool = False, limit: int | None = None,
+                     executor: str | None = None) -> dict:
+    """Build a HierarCaps-style dataset. `config` (a full resolved config) wins over preset/config_path;
+    `executor` ("local" | "ray") sets run.executor (run.ray comes from the config)."""
     if config is not None:
         cfg = PipelineConfig.model_validate(config)
         store = RunStore(cfg.run.root, run_id or runner.default_run_id(cfg))
     else:
         cfg, store = runner.resolve(preset, config_path, overrides, run_id, limit)
+    if executor is not None:   # not part of the run id: the same run, its units run elsewhere
+        cfg = PipelineConfig.model_validate({**cfg.model_dump(mode="json"),
+                                             "run": {**cfg.run.model_dump(mode="json"), "executor": executor}})
     names = runner.check_stages(stages)
     print(f"run {store.run_id}: stages {names} -> {store.path}")
     cfg_json = cfg.model_dump(mode="json")

@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--run", dest="run_id", help="run id (default: derived from the config)")
     p.add_argument("--root", help="output root (default artifacts/)")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where model stages' units run (run.executor; the cluster: --set run.ray.address=...)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("--force", action="store_true")
         p.add_argument("--no-prefect", action="store_true")
+    p.add_argument("--allow-test-overlap", action="store_true",  # bench only
+                   help="score a fine-tuned model whose training data overlapped the test set (recorded in the result)")
 
     p = sub.add_parser("status", help="show each stage of a run")
     p.add_argument("run_id")
@@ -67,14 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=4200)
     p.add_argument("--no-server", action="store_true", help="only serve deployments (server already running)")
 
-    p = sub.add_parser("curation-export", help="write the run's test chains to a CSV for manual correction")
+    p = sub.add_parser("curation-export", help="write the run's test chains to a CSV (or Label Studio tasks) for manual correction")
     p.add_argument("run_id")
     p.add_argument("out")
     p.add_argument("--root")
-    p = sub.add_parser("curation-import", help="read a corrected curation CSV back into the run")
+    p.add_argument("--format", choices=["csv", "label-studio"], default="csv",
+                   help="label-studio: a tasks JSON at OUT and its labeling config beside it (OUT with .xml)")
+    p.add_argument("--allow-tier4-edits", action="store_true", help="let curators edit tier 4 (the caption)")
+    p = sub.add_parser("curation-review", help="write a self-contained review page (HTML + images) for the run's test chains")
     p.add_argument("run_id")
-    p.add_argument("csv")
+    p.add_argument("--out", required=True, help="folder to write (index.html, images/)")
+    p.add_argument("--images", help="folder of local images, matched by the COCO id in their names")
     p.add_argument("--root")
+    p.add_argument("--allow-tier4-edits", action="store_true", help="let curators edit tier 4 (the caption)")
+    p = sub.add_parser("curation-import", help="read corrections (review page JSON, Label Studio export or CSV) into the run")
+    p.add_argument("run_id")
+    p.add_argument("csv", metavar="FILE")
+    p.add_argument("--root")
+    p.add_argument("--allow-tier4-edits", action="store_true", help="accept edits of tier 4 (the caption)")
+    p.add_argument("--recheck", action="store_true", help="judge edited links with the run's NLI model (warnings)")
 
     p = sub.add_parser("publish", help="upload the run's export to the Hugging Face Hub as a dataset repo")
     p.add_argument("run_id")
@@ -156,6 +171,10 @@ def _dispatch(args) -> int:
     from pipeline import runner
 
     if args.cmd in ("run", "stage", "align", "bench"):
+        if getattr(args, "executor", None):
+            args.overrides.append(f"run.executor={args.executor}")
+        if getattr(args, "allow_test_overlap", False):
+            args.overrides.append("bench.allow_test_overlap=true")
         stages = {"stage": [getattr(args, "name", None)], "align": ["align"], "bench": ["bench"]}.get(
             args.cmd, args.stages.split(",") if getattr(args, "stages", None) else None)
         config, store = runner.resolve(args.preset, args.config, args.overrides, args.run_id,
@@ -183,15 +202,22 @@ def _dispatch(args) -> int:
         from flows.serve import serve
 
         return serve(port=args.port, start_server=not args.no_server)
-    if args.cmd in ("curation-export", "curation-import"):
-        from curation import curate
+    if args.cmd in ("curation-export", "curation-import", "curation-review"):
+        from curation import curate, importer, label_studio, review
 
         config, store = runner.resolve(run_id=args.run_id, root=args.root)
-        if args.cmd == "curation-export":
+        if args.cmd == "curation-export" and args.format == "label-studio":
+            res = label_studio.export_label_studio(store, config.export, args.out, allow_tier4=args.allow_tier4_edits)
+            print(f"wrote {res['items']} tasks to {res['tasks']} and the labeling config to {res['config']}")
+        elif args.cmd == "curation-export":
             n = curate.export_for_curation(store, config.export, args.out)
             print(f"wrote {n} chains to {args.out}")
+        elif args.cmd == "curation-review":
+            res = review.write_review(store, config, args.out, args.images, allow_tier4=args.allow_tier4_edits)
+            print(f"wrote {res['page']}: {res['items']} items, {res['local_images']} local images")
         else:
-            res = curate.import_curation(store, config.export, args.csv)
+            res = importer.import_curation(store, config, args.csv, allow_tier4=args.allow_tier4_edits,
+                                           recheck=args.recheck, model_cache=os.environ.get("HIERARCAPS_CACHE"))
             print(json.dumps(res, indent=2))
         return 0
     if args.cmd == "publish":

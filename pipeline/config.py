@@ -26,6 +26,7 @@ from .chain import ChainRules
 from .completer.engine import GenConfig
 from .completer.format import PairFormat
 from .completer.train import TrainConfig
+from .executors.config import RayConfig
 from .judge import JudgeConfig
 from .testset import TestSection
 
@@ -46,6 +47,8 @@ class RunSection(Section):
     root: Path = Path("artifacts")        # output root; runs go to <root>/runs/<run_id>
     random_seed: int = 0                  # every sample, shuffle and split of the run derives from it
     model_cache: Path | None = None       # where tiny models are built (default ~/.cache/hierarcaps)
+    executor: Literal["local", "ray"] = "local"   # where model stages' units run (not in any key or the run id)
+    ray: RayConfig = RayConfig()          # executor "ray": the cluster and each stage's actor pool
 
 
 class ModelRef(Section):
@@ -157,6 +160,7 @@ class AlignSection(AlignConfig):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     chains: str = "export"                 # "export" (this run's dataset) or a HierarCaps CSV / Parquet path
+    exclude_bench_test: bool = True        # exclude_test_csv unset: leave out bench.test_csv's captions and images
 
 
 class BenchSection(Section):
@@ -166,6 +170,8 @@ class BenchSection(Section):
     images_dir: Path | None = None         # its images (CLIP only; text encoders get d_corr only)
     finetuned: str = "auto"                # "auto": this run's align output when it exists; "none"; or a path
     device: str = "cpu"
+    threads: int | None = None             # torch CPU threads (None: torch's default)
+    allow_test_overlap: bool = False       # score a fine-tuned model trained on test captions/images (recorded)
 
 
 # old key -> new key (one release of grace)
@@ -174,6 +180,7 @@ RENAMED = {
     "models.completer": "models.completer_base",
     "seed.max_words": "rules.max_words",
     "distill.eval_fraction": "distill.heldout_fraction",
+    "align.n_heldout_images": "align.n_val_images",
 }
 
 

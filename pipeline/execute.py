@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import __version__
 from .backends.common import engine_info
+from .errors import UserError
 from .hashing import digest
 from .locks import InheritedLock, stage_process
 from .schemas import SCHEMA_VERSION
@@ -71,9 +72,12 @@ DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 def _execute(stage: Stage, ctx: StageContext) -> None:
+    from .executors import runs_remote
+
     ctx.out.clean_orphans()
     try:
-        stage.setup(ctx)
+        if not runs_remote(ctx):   # on Ray each actor opens the engines; this process only commits
+            stage.setup(ctx)
         try:
             if stage.engines:  # provenance: where each engine ran (device, dtype)
                 ctx.stats["engines"] = {n: engine_info(e) for n in stage.engines
@@ -88,13 +92,15 @@ def _execute(stage: Stage, ctx: StageContext) -> None:
                          "free some space and rerun (finished units are kept)") from None
 
 
-def child_main(stage: Stage, root: str, run_id: str, out: str, force: bool, key: str, model_cache, conn) -> None:
+def child_main(stage: Stage, root: str, run_id: str, out: str, force: bool, key: str, model_cache, executor,
+               conn) -> None:
     """An isolated stage in its own process (started by :func:`pipeline.locks.stage_process`)."""
     try:
-        ctx = StageContext(RunStore(root, run_id), stage, StageDir(Path(out)), force, key=key, model_cache=model_cache)
+        ctx = StageContext(RunStore(root, run_id), stage, StageDir(Path(out)), force, key=key, model_cache=model_cache,
+                           executor=executor)
         _execute(stage, ctx)
         conn.send(("ok", ctx.stats))
-    except StageError as e:
+    except UserError as e:         # a StageError, an engine's ServerError: one line in the parent too
         conn.send(("error", str(e)))
     except BaseException as e:  # report, parent raises
         conn.send(("crash", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
@@ -106,7 +112,7 @@ def _execute_isolated(stage: Stage, ctx: StageContext, lock, poll: float = 1.0) 
     spawn = mp.get_context("spawn")
     parent, child = spawn.Pipe(duplex=False)
     payload = pickle.dumps((stage, str(ctx.store.root), ctx.store.run_id, str(ctx.out.path), ctx.force, ctx.key,
-                            ctx.model_cache))
+                            ctx.model_cache, ctx.executor))
     proc = spawn.Process(target=stage_process, args=(os.getpid(), InheritedLock(lock), payload, child))
     proc.start()
     child.close()
@@ -176,7 +182,7 @@ def _files(sd: StageDir) -> dict[str, list]:
 
 
 def run_stage(stage: Stage, store: RunStore, force: bool = False, on_progress: Callable | None = None,
-              isolate: bool | None = None, model_cache: Path | None = None) -> dict:
+              isolate: bool | None = None, model_cache: Path | None = None, executor=None) -> dict:
     """Run one stage unless its finished version matches the stage key and is intact. Returns the manifest."""
     with store.lock(f"stage {stage.name}") as lock:
         key = stage_key(stage, store)
@@ -199,7 +205,8 @@ def run_stage(stage: Stage, store: RunStore, force: bool = False, on_progress: C
                                  f"rerun '{up}' first")
         attempt = store.attempt(stage.name, key, fresh=force)
         _prepare(attempt, key, stage.name)
-        ctx = StageContext(store, stage, attempt, force, on_progress, key=key, model_cache=model_cache)
+        ctx = StageContext(store, stage, attempt, force, on_progress, key=key, model_cache=model_cache,
+                           executor=executor)
         t0 = time.time()
         if stage.isolated if isolate is None else isolate:
             _execute_isolated(stage, ctx, lock)

@@ -7,6 +7,7 @@ from typing import Callable
 
 from .config import PipelineConfig, load_config
 from .execute import run_stage, stage_status
+from .executors import ExecutorSettings
 from .hashing import digest
 from .registry import default_stages, get_stage, stage_names
 from .stage import StageError
@@ -16,8 +17,9 @@ log = logging.getLogger("hierarcaps")
 
 
 def default_run_id(config: PipelineConfig) -> str:
-    """Deterministic: the same config gives the same run, so a repeated command is a cache hit."""
-    return f"{config.preset or 'custom'}-{digest(config.model_dump(mode='json'), 8)}"
+    """Deterministic: the same config gives the same run, so a repeated command is a cache hit.
+    Where units run (``run.executor``, ``run.ray``) does not change the rows, so not the run."""
+    return f"{config.preset or 'custom'}-{digest(config.model_dump(mode='json', exclude={'run': {'executor', 'ray'}}), 8)}"
 
 
 def resolve(preset: str | None = None, config_path: str | None = None, overrides: list[str] | None = None,
@@ -51,7 +53,8 @@ def run_one(name: str, config: PipelineConfig, store: RunStore, force: bool = Fa
     """One stage of a run, built from the config; the run's saved config is updated once it succeeds."""
     with store.lock(f"stage {name}"):
         m = run_stage(get_stage(name, config), store, force=force, on_progress=on_progress,
-                      model_cache=config.run.model_cache)
+                      model_cache=config.run.model_cache,
+                      executor=ExecutorSettings(kind=config.run.executor, ray=config.run.ray))
         store.save_config(config.model_dump(mode="json"))
     log.info("%s: %s in=%s out=%s rejected=%s (%.1fs)", name, "cached" if m["cache_hit"] else "done",
              m["rows_in"], m["rows_out"], m["rows_rejected"], m["wall_s"])

@@ -49,6 +49,7 @@ class StageContext:
     stats: dict = field(default_factory=dict)     # extra numbers for the manifest
     key: str = ""
     model_cache: Path | None = None               # where tiny models are built (a runtime setting)
+    executor: Any = None                          # run.executor / run.ray (ExecutorSettings; None: local)
     _last_progress: float = 0.0
 
     def __post_init__(self) -> None:

@@ -105,10 +105,10 @@ def test_training_split_excludes_test_captions_and_images():
     chains = [Chain(["a", "b", "c", "a cat"], None, "COCO_val2014_000000000002.jpg"),
               Chain(["x", "y", "z", "other"], None, "COCO_val2014_000000000001.jpg")]
     chains += [Chain(["p", "q", "r", f"s{i}"], None, f"COCO_val2014_{i + 10:012d}.jpg") for i in range(6)]
-    sp = training_split(chains, test, n_heldout_images=2)
+    sp = training_split(chains, test, n_val_images=2)
     assert sp.stats["dropped_test_caption"] == 1 and sp.stats["dropped_test_image"] == 1
-    assert len(sp.train) == 4 and len(sp.heldout) == 2
-    assert not {c.image_id for c in sp.train} & {c.image_id for c in sp.heldout}
+    assert len(sp.train) == 4 and len(sp.val) == 2 and len(sp.test_images) == 1
+    assert not {c.image_id for c in sp.train} & {c.image_id for c in sp.val}
 
 
 def _synthetic_chains(n=8):

@@ -15,6 +15,8 @@ class AlignConfig(BaseModel):
     model: str = "openai/clip-vit-base-patch32"
     max_length: int = 77
     device: str = "cpu"
+    threads: int | None = None      # torch CPU threads (None: torch's default); 1 on a shared machine, where
+    #                                 more intra-op threads than free cores thrash
     train_last_n_layers: int | None = None   # sentence-transformers only; None = whole text encoder
 
     # objective: "re" (paper), "cone" (entailment-cone ablation), "clear_glass", or RE + CLEAR GLASS
@@ -51,6 +53,17 @@ class AlignConfig(BaseModel):
     seed: int = 0
     log_every: int = 1
 
+    # keeping what the encoder knew (sentence-transformers): LoRA adapters via peft instead of full
+    # weights, layer-wise lr decay, an EMA of the weights, distillation to the frozen encoder
+    lora_rank: int | None = None           # None: train the weights themselves
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    layer_lr_decay: float | None = None    # layer i of L gets lr * decay^(L-1-i), embeddings decay^L
+    ema_decay: float | None = None         # the saved / validated weights are the EMA
+    lambda_distill: float = 0.0            # weight of 1 - cos(E, E_frozen) on unlabelled training captions
+    distill_batch: int = 32                # captions per step for the distillation term
+
     # data
     exclude_test_csv: str | None = None   # test captions/images to drop from the training chains
-    n_heldout_images: int = 0
+    n_val_images: int = 0                 # whole images drawn (seeded) from the training chains as validation
+    val_every: int | None = None          # validate every n steps too (None: after training only)

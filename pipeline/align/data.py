@@ -1,7 +1,7 @@
 """Load caption chains from HierarCaps CSVs or CHAINS Parquet, and split them for training.
 
 Test captions never enter training: `training_split` drops every chain whose caption (tier 4) is a
-test caption or whose image is a test image, and holds out whole images for knowledge checks.
+test caption or whose image is a test image, and draws whole images as the validation split.
 """
 
 from __future__ import annotations
@@ -115,22 +115,30 @@ def load_chains(path: str | Path, rejects: list[dict] | None = None) -> list[Cha
 @dataclass
 class Split:
     train: list[Chain]
-    heldout: list[Chain]   # chains of held-out images (never trained on)
+    val: list[Chain]          # chains of the validation images (never trained on; selection uses these)
+    test_images: list[Chain]  # chains of the test images found among the input (never trained on)
     stats: dict
 
+    @property
+    def heldout(self) -> list[Chain]:
+        return self.val
 
-def training_split(chains: list[Chain], test_chains: list[Chain], n_heldout_images: int = 500,
+
+def training_split(chains: list[Chain], test_chains: list[Chain], n_val_images: int = 500,
                    seed: int = 0) -> Split:
-    """Drop test captions and test images, then hold out `n_heldout_images` whole images."""
+    """Drop test captions and test images, then draw `n_val_images` whole images (seeded) as the
+    validation split. Chains without an image id can only train."""
     test_caps = {norm_text(c.caption) for c in test_chains}
     test_imgs = {c.image_id for c in test_chains if c.image_id is not None}
-    kept = [c for c in chains if norm_text(c.caption) not in test_caps and c.image_id not in test_imgs]
+    on_test_img = [c for c in chains if c.image_id is not None and c.image_id in test_imgs]
+    kept = [c for c in chains if norm_text(c.caption) not in test_caps
+            and (c.image_id is None or c.image_id not in test_imgs)]
     imgs = sorted({c.image_id for c in kept if c.image_id is not None})
-    held = set(random.Random(seed).sample(imgs, min(n_heldout_images, len(imgs))))
-    train = [c for c in kept if c.image_id not in held]
-    heldout = [c for c in kept if c.image_id in held]
+    held = set(random.Random(seed).sample(imgs, min(n_val_images, len(imgs))))
+    train = [c for c in kept if c.image_id is None or c.image_id not in held]
+    val = [c for c in kept if c.image_id is not None and c.image_id in held]
     n_cap = sum(norm_text(c.caption) in test_caps for c in chains)
     stats = {"input": len(chains), "dropped_test_caption": n_cap,
              "dropped_test_image": len(chains) - len(kept) - n_cap, "train": len(train),
-             "heldout": len(heldout), "heldout_images": len(held)}
-    return Split(train, heldout, stats)
+             "val": len(val), "val_images": len(held), "seed": seed}
+    return Split(train, val, on_test_img, stats)

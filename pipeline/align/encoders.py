@@ -8,6 +8,7 @@ sentence-transformers: the whole text encoder trains; text only.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -15,10 +16,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from pipeline.errors import UserError
+
 
 def _pooled(out) -> torch.Tensor:
     """transformers 5 returns a model output from get_*_features; 4.x returned the tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+class EncoderKindError(UserError):
+    """The model folder holds another kind of encoder than the config names."""
 
 
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")
@@ -155,12 +162,54 @@ class SentenceTransformerEncoder(Encoder):
         self.module.save(str(path))
 
 
-def load_encoder(kind: Literal["clip", "sentence-transformers"], path_or_id: str, device: str = "cpu",
-                 max_length: int = 77, train_last_n_layers: int | None = None) -> Encoder:
-    """Load by hub id or path; a `train_align` output dir (holding `model/`) resolves to that subdir."""
+def model_dir(path_or_id: str) -> str:
+    """A `train_align` output dir (holding `model/`) resolves to that subdir; anything else is itself."""
     p = Path(str(path_or_id))
     if p.is_dir() and not (p / "config.json").exists() and (p / "model").is_dir():
-        path_or_id = str(p / "model")
+        return str(p / "model")
+    return str(path_or_id)
+
+
+def detect_kind(path_or_id: str) -> tuple[str | None, str]:
+    """(kind, evidence) read from a local model folder: sentence-transformers writes `modules.json` /
+    `config_sentence_transformers.json`, a CLIP folder has `config.json` with model_type "clip".
+    (None, why) for a hub id or a folder that shows neither."""
+    p = Path(model_dir(path_or_id))
+    if not p.is_dir():
+        return None, "not a local folder"
+    for marker in ("modules.json", "config_sentence_transformers.json"):
+        if (p / marker).is_file():
+            return "sentence-transformers", marker
+    try:
+        model_type = json.loads((p / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None, "no readable config.json"
+    if model_type == "clip":
+        return "clip", 'config.json model_type "clip"'
+    return None, f"config.json model_type {model_type!r}"
+
+
+_KIND_FIELDS = "align.encoder_kind / bench.kind"
+
+
+def check_kind(kind: str, path_or_id: str) -> None:
+    """Refuse, in one line, a folder whose files say it is another kind of encoder (a MiniLM folder
+    loaded as CLIP gives degenerate embeddings, every radius ties, and d_corr reads as perfect)."""
+    found, evidence = detect_kind(path_or_id)
+    if found is not None and found != kind:
+        raise EncoderKindError(f"{model_dir(path_or_id)}: a {found} model ({evidence}), but the encoder kind "
+                               f"is {kind!r}: set {_KIND_FIELDS} to {found}")
+    p = Path(model_dir(path_or_id))
+    if found is None and p.is_dir() and kind == "clip":
+        raise EncoderKindError(f"{p}: not a CLIP model ({evidence}), but the encoder kind is 'clip' ({_KIND_FIELDS})")
+
+
+def load_encoder(kind: Literal["clip", "sentence-transformers"], path_or_id: str, device: str = "cpu",
+                 max_length: int = 77, train_last_n_layers: int | None = None) -> Encoder:
+    """Load by hub id or path (a `train_align` output dir resolves to its `model/`); a local folder
+    of another kind is refused before anything loads."""
+    path_or_id = model_dir(path_or_id)
+    check_kind(kind, path_or_id)
     if kind == "clip":
         return ClipEncoder.from_pretrained(path_or_id, max_length=max_length, device=device)
     if kind == "sentence-transformers":

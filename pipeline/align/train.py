@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +18,15 @@ from pipeline.align import losses
 from pipeline.align.config import AlignConfig
 from pipeline.align.data import Chain, load_chains, norm_text, training_split
 from pipeline.align.encoders import Encoder, load_encoder
+from pipeline.align.leakage import write_manifest
+from pipeline.align.tricks import Ema, add_lora, distill_texts, merge_lora, param_groups
+from pipeline.align.validation import Validator
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process (all its threads): the cost on a shared machine, unlike wall."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def seed_all(seed: int) -> None:
@@ -66,18 +76,24 @@ def _pullback_weights(cfg: AlignConfig, n_chains: int, n_group_texts: int) -> to
 
 
 def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Chain] | None,
-                 groups: list[list[str]] | None) -> dict[str, torch.Tensor]:
+                 groups: list[list[str]] | None, extra: list[str] | None = None) -> dict[str, torch.Tensor]:
     texts: list[str] = []
     if batch is not None:  # official layout: [pos tier1 of all chains, ..., neg tier4 of all chains]
         texts += [c.positive[k] for k in range(4) for c in batch] + [c.negative[k] for k in range(4) for c in batch]
     n_chain_texts = len(texts)
     if groups is not None:
         texts += [t for g in groups for t in g]
-    E = enc.encode_text(texts)
+    n_texts = len(texts)
+    texts += extra or []
+    E_all = enc.encode_text(texts)
     with torch.no_grad():
-        E0 = frozen.encode_text(texts)
-    out = {"ploss": losses.pullback_loss(E, E0, _pullback_weights(cfg, len(batch or ()), len(texts) - n_chain_texts))}
+        E0_all = frozen.encode_text(texts)
+    E, E0 = E_all[:n_texts], E0_all[:n_texts]
+    out = {"ploss": losses.pullback_loss(E, E0, _pullback_weights(cfg, len(batch or ()), n_texts - n_chain_texts))}
     total = cfg.lambda_p * out["ploss"]
+    if extra:
+        out["distill"] = 1 - (E_all[n_texts:] * E0_all[n_texts:]).sum(-1).mean()
+        total = total + cfg.lambda_distill * out["distill"]
     if batch is not None:
         root = enc.root()  # current weights, every step
         B = len(batch)
@@ -97,8 +113,10 @@ def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Ch
     return out
 
 
-def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir: str | Path | None) -> dict:
-    """Fine-tune `encoder` in place on `chains`; save model + `train_curves.json` under out_dir."""
+def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir: str | Path | None,
+                val: list[Chain] | None = None) -> dict:
+    """Fine-tune `encoder` in place on `chains`; validate on `val` (every `val_every` steps and at the
+    end); save model, `train_curves.json` and the training-data manifest under out_dir."""
     seed_all(cfg.seed)
     rng = random.Random(cfg.seed)
     use_chains = cfg.objective != "clear_glass"
@@ -117,8 +135,13 @@ def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir
         raise ValueError(f"no training steps: {len(train_chains)} chains, batch {cfg.batch_size}, max_steps {cfg.max_steps}")
 
     frozen = encoder.frozen_copy()
+    validator = Validator(val, frozen) if val else None
+    if cfg.lora_rank:
+        add_lora(encoder, cfg)
     params = encoder.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(encoder, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = Ema(params, cfg.ema_decay) if cfg.ema_decay else None
+    pool = distill_texts(train_chains if use_chains else chains) if cfg.lambda_distill else None
 
     def lr_factor(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -131,45 +154,83 @@ def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir
     encoder.train(cfg.dropout)
     batches = _chain_batches(train_chains, cfg, rng) if use_chains else None
     curves: list[dict] = []
-    t0 = time.time()
+    val_curve: list[dict] = []
+
+    def validate(step: int) -> dict:
+        with (ema.swapped() if ema else _nothing()):
+            v = {"step": step, **validator(encoder)}
+        encoder.train(cfg.dropout)
+        val_curve.append(v)
+        tqdm.write(f"align val @{step}: d_corr {v['d_corr']:.4f} cos {v['cosine']:.4f} "
+                   f"R@1 {100 * v['caption_r1_delta']:+.1f} pt")
+        return v
+
+    t0, c0, val_cpu = time.time(), cpu_seconds(), 0.0
     pbar = tqdm(range(n_steps), desc=f"align[{cfg.objective}]")
     for step in pbar:
         batch = next(batches) if batches is not None else None
         groups = sampler.sample() if sampler is not None else None
+        extra = rng.sample(pool, min(cfg.distill_batch, len(pool))) if pool else None
         opt.zero_grad()
-        L = _step_losses(encoder, frozen, cfg, batch, groups)
+        L = _step_losses(encoder, frozen, cfg, batch, groups, extra)
         L["total_loss"].backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         sched.step()
+        if ema:
+            ema.update()
         if step % cfg.log_every == 0 or step == n_steps - 1:
             curves.append({"step": step, "lr": sched.get_last_lr()[0], **{k: float(v.detach()) for k, v in L.items()}})
             pbar.set_postfix(loss=f"{curves[-1]['total_loss']:.4f}")
+        if validator and cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < n_steps:
+            c = cpu_seconds()
+            validate(step + 1)
+            val_cpu += cpu_seconds() - c
+    train_cpu = cpu_seconds() - c0 - val_cpu
+    if ema:
+        ema.copy_to()
+        ema = None
+    if cfg.lora_rank:
+        merge_lora(encoder)
     encoder.eval()
     tail = curves[-max(1, len(curves) // 10):]
     metrics = {"steps": n_steps, "train_chains": len(train_chains), "seconds": round(time.time() - t0, 1),
+               "train_cpu_seconds": round(train_cpu, 1),
                "first": curves[0], "last": curves[-1],
                "tail_mean": {k: float(np.mean([c[k] for c in tail])) for k in curves[-1] if k not in ("step", "lr")}}
+    if validator:
+        metrics["validation"] = validate(n_steps)
+        encoder.eval()
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         encoder.save(out / "model")
+        write_manifest(out, chains)
         (out / "train_curves.json").write_text(json.dumps(
-            {"config": cfg.model_dump(), "metrics": metrics, "curves": curves}, indent=1))
+            {"config": cfg.model_dump(), "metrics": metrics, "curves": curves, "validation": val_curve}, indent=1))
     return metrics
 
 
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 def run_align(config: AlignConfig, chains_path: str | Path, out_dir: str | Path) -> dict:
-    """CLI entry: load chains (dropping test captions/images when `exclude_test_csv` is set), load the
-    encoder named in the config, train, save under out_dir. Returns training metrics + split stats."""
+    """CLI entry: load chains, drop the captions and images of `exclude_test_csv`, draw the
+    validation images, load the encoder named in the config, train, save under out_dir (model,
+    curves, the training-data manifest bench checks). Returns training metrics + split stats."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
     chains = load_chains(chains_path)
-    stats = {"input": len(chains)}
-    if config.exclude_test_csv:
-        split = training_split(chains, load_chains(config.exclude_test_csv), config.n_heldout_images, config.seed)
-        chains, stats = split.train, split.stats
+    test = load_chains(config.exclude_test_csv) if config.exclude_test_csv else []
+    split = training_split(chains, test, config.n_val_images, config.seed)
     enc = load_encoder(config.encoder_kind, config.model, config.device, config.max_length, config.train_last_n_layers)
-    metrics = train_align(chains, enc, config, out_dir)
-    metrics["split"] = stats
+    metrics = train_align(split.train, enc, config, out_dir, val=split.val)
+    metrics["split"] = {**split.stats, "excluded_test_csv": config.exclude_test_csv}
     Path(out_dir, "align_metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

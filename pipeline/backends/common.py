@@ -56,12 +56,13 @@ def release_gpu_cache() -> None:
 
 
 def engine_info(engine) -> dict[str, str]:
-    """Where an engine runs, for a stage's manifest: class, device and dtype (when it knows them)."""
+    """Where an engine runs, for a stage's manifest: class, device and dtype (when it knows them);
+    for a server, its URL (without credentials) and the model it reports serving."""
     child = getattr(engine, "child_info", None)  # an engine in its own process: what the child runs
     if child:
         return {**child, "class": f"{type(engine).__name__}({child.get('class')})"}
     info = {"class": type(engine).__name__}
-    for attr in ("device", "dtype"):
+    for attr in ("device", "dtype", "server", "server_model", "server_model_root"):
         value = getattr(engine, attr, None)
         if value is not None:
             info[attr] = str(value).removeprefix("torch.")

@@ -4,7 +4,7 @@ A stage builds :class:`GenRequest` rows (chat messages + optional seed), hands t
 :class:`SamplingConfig` to a :class:`TextGenerator` and gets back ``list[list[str]]``: output ``i``
 belongs to request ``i`` and holds ``sampling.n`` completions. Which engine runs it is the
 :class:`GeneratorConfig`'s ``engine`` (transformers in-process, vLLM; either in its own process
-with ``subprocess``), built by :func:`pipeline.backends.factory.make_generator`.
+with ``subprocess``; or ``openai``: a server speaking the OpenAI API), built by :func:`pipeline.backends.factory.make_generator`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Engine = Literal["transformers", "vllm"]
-# engine name -> its class, imported on use (vLLM is an optional extra)
+Engine = Literal["transformers", "vllm", "openai"]
+# engine name -> its class, imported on use (vLLM and the openai client are optional extras)
 ENGINES: dict[str, str] = {
     "transformers": "pipeline.backends.transformers_engine:TransformersGenerator",
     "vllm": "pipeline.backends.vllm_engine:VllmGenerator",
+    "openai": "pipeline.backends.openai_engine:OpenAIGenerator",
 }
 
 
@@ -76,6 +77,9 @@ class GeneratorConfig(BaseModel):
     device: str = "auto"  # "auto" / "cpu" / "cuda" / "cuda:1"
     batch_size: int = Field(32, ge=1)  # transformers engine; vLLM schedules the whole shard itself
     tensor_parallel_size: int = Field(1, ge=1)  # vLLM
+    pipeline_parallel_size: int = Field(1, ge=1)  # vLLM: layers split over GPUs (or nodes)
+    # vLLM over several GPUs: None lets vLLM choose (mp on one node); "ray" spans a Ray cluster's nodes
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
     max_model_len: int | None = None  # vLLM; transformers: static cache length when set
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)  # vLLM (on CPU: share of RAM for the KV cache)
     engine_args: dict[str, Any] = Field(default_factory=dict)  # vLLM: more vllm.LLM kwargs (enforce_eager, ...)
@@ -84,6 +88,32 @@ class GeneratorConfig(BaseModel):
     pad_to_multiple_of: int | None = None  # transformers: fewer distinct shapes under compile
     trust_remote_code: bool = False
     subprocess: bool = False  # run the engine in its own process (released on close())
+    # engine="openai": an OpenAI-compatible server (vllm serve, TGI, llama.cpp, hosted) serving `model`
+    base_url: str = "http://127.0.0.1:8000/v1"  # no credentials here: it is recorded in manifests
+    api_key_env: str = Field("OPENAI_API_KEY", pattern=r"^([A-Za-z_][A-Za-z0-9_]*)?$")  # the variable's NAME
+    max_concurrency: int = Field(32, ge=1)        # requests in flight at once
+    request_timeout_s: float = Field(300.0, gt=0)  # one request, all n completions
+    max_retries: int = Field(5, ge=0)             # on 429 / 5xx / connection errors / timeouts
+    backoff_s: float = Field(1.0, gt=0)           # first retry's delay; doubles per retry (at most 60 s)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {v!r}")
+        if u.username or u.password or u.query:
+            raise ValueError("base_url must not carry credentials or a query (it is recorded in manifests); "
+                             "put the API key in the environment variable that api_key_env names")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _openai_runs_here(self) -> "GeneratorConfig":
+        if self.engine == "openai" and self.subprocess:
+            raise ValueError("engine 'openai' loads no model here: subprocess=True has nothing to release")
+        return self
 
 
 def engine_class(engine: str):

@@ -144,12 +144,15 @@ class VllmGenerator(BaseGenerator):
                 revision=cfg.revision,
                 dtype=cfg.dtype,
                 tensor_parallel_size=cfg.tensor_parallel_size,
+                pipeline_parallel_size=cfg.pipeline_parallel_size,
                 seed=0,  # engine default; stages seed every request
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 trust_remote_code=cfg.trust_remote_code,
             )
             if cfg.max_model_len is not None:
                 kw["max_model_len"] = cfg.max_model_len
+            if cfg.distributed_executor_backend is not None:
+                kw["distributed_executor_backend"] = cfg.distributed_executor_backend
             kw.update(cfg.engine_args)
             from vllm.platforms import current_platform
 

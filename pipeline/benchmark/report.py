@@ -20,10 +20,19 @@ def markdown_table(results: dict[str, dict], reference: bool = True) -> str:
     rows = dict(results)
     if reference:
         rows.update(PAPER_REFERENCE)
-    lines = ["| model | P | R | d_corr |", "|---|---|---|---|"]
+    lines = ["| model | P | R | d_corr | tied chains |", "|---|---|---|---|---|"]
+    notes = []
     for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in METRICS) + " |")
-    return "\n".join(lines) + "\n"
+        ties = m.get("tie_share")
+        tie = "-" if ties is None else f"{100 * ties:.1f}%" + (" FLAG" if m.get("ties_flag") else "")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in METRICS) + f" | {tie} |")
+        if m.get("ties_flag"):
+            notes.append(f"FLAG {name}: {100 * ties:.1f}% of the chains tie on a radius (over 1%): ties sort in "
+                         "tier order, so its d_corr reflects degenerate embeddings, not a hierarchy.")
+        if (leak := m.get("leakage")) and leak.get("allowed"):
+            notes.append(f"{name}: scored with allow_test_overlap (training overlap: "
+                         f"{leak.get('caption_overlap', '?')} test captions, {leak.get('image_overlap', '?')} test images).")
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def plot(results: dict[str, dict], path: str | Path, title: str = "", reference: bool = True) -> None:

@@ -4,6 +4,7 @@ this run's fine-tuned encoder. Off by default; writes bench.json, bench.md and b
 from __future__ import annotations
 
 from ..config import AlignSection, BenchSection, ModelRef
+from ..errors import UserError
 from ..hashing import digest
 from ..paths import resolve_path
 from ..schemas import CHAINS
@@ -15,7 +16,7 @@ from .common import model_key
 
 class Bench(Stage):
     name = "bench"
-    version = "1"
+    version = "2"
     inputs = ("align",)
     params = {"bench": "bench", "align": "align"}
     isolated = True
@@ -50,8 +51,16 @@ class Bench(Stage):
                 finetuned = str(ctx.upstream("align").path / "model")
         elif b.finetuned != "none":
             finetuned = str(resolve_path(b.finetuned))
-        results = run_bench(b.model or a.model, b.kind or a.encoder_kind, resolve_path(b.test_csv),
-                            resolve_path(b.images_dir) if b.images_dir else None, ctx.out.path, finetuned, b.device)
+        if b.threads:
+            import torch
+
+            torch.set_num_threads(b.threads)
+        try:
+            results = run_bench(b.model or a.model, b.kind or a.encoder_kind, resolve_path(b.test_csv),
+                                resolve_path(b.images_dir) if b.images_dir else None, ctx.out.path, finetuned,
+                                b.device, allow_test_overlap=b.allow_test_overlap)
+        except UserError as e:        # a wrong encoder kind, a leak: one line, not a crash
+            raise StageError(f"bench: {e}") from e
         table = [{"model": k, **{m: v for m, v in r.items() if isinstance(v, (int, float))}} for k, r in results.items()]
         ctx.stats.update(results=results, tables={"results": table}, report=str(ctx.out.path / "bench.md"))
         ctx.commit(0, CHAINS.empty_table(), rows_in=0)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Callable
 import pyarrow.compute as pc
 
 from ..hashing import digest, file_digest
-from ..schemas import CHAINS, REJECTS, conform
+from ..schemas import CHAINS, REJECTS
 from ..stage import StageContext, StageError
 from .units import CAPTION_COLUMNS, Units, all_of, has_no_chain, is_in, stream_units
 
@@ -109,6 +109,8 @@ def open_generator(ctx: StageContext, cfg: GeneratorConfig):
     from ..backends.factory import make_generator
 
     field = "models.generator.model"           # every stage that opens a generator reads it there
+    if cfg.engine == "openai":                 # the model is the server's name for it: nothing loads here
+        return make_generator(cfg)
     refuse_missing(field, cfg.model)
     return _load(field, cfg.model, lambda: make_generator(cfg.model_copy(update={"model": ctx.model_path(cfg.model)})))
 
@@ -161,17 +163,18 @@ def request_seed(run_seed: int, caption_id: str, step: int = 0) -> int:
 def run_units(ctx: StageContext, work: Units, fn: Callable[[int, list], tuple[list[dict], list[dict]]],
               note: str = "") -> None:
     """Process the units, skipping those already committed (resume); only a unit still to do
-    becomes Python rows."""
+    becomes Python rows. The run's executor (``run.executor``) processes them, here or on Ray
+    actors; this process commits each one it hands back (the single writer)."""
+    from ..executors import executor_for
+
     done = ctx.done_units()
     if not work.total and 0 not in done:  # an empty result is still a result downstream stages can read
         ctx.commit(0, CHAINS.empty_table(), REJECTS.empty_table(), rows_in=0)
-    for index, table in work:
-        if index in done:
-            continue
-        chunk = table.to_pylist()
-        out, rejects = fn(index, chunk)
-        ctx.commit(index, conform(out, CHAINS), conform(rejects, REJECTS), rows_in=len(chunk))
-        ctx.progress(min(work.total, (index + 1) * work.size), work.total, note, force=True)
+    finished = sum(1 for i in done if i * work.size < work.total)
+    for unit in executor_for(ctx).map(ctx, ((i, t) for i, t in work if i not in done), fn):
+        ctx.commit(unit.index, unit.data, unit.rejects, rows_in=unit.rows_in)
+        finished += 1
+        ctx.progress(min(work.total, finished * work.size), work.total, note, force=True)
     ctx.progress(work.total, work.total, "done", force=True)
 
 
