@@ -11,6 +11,8 @@ import pytest
 
 from _curation_run import CHAINS, make_run
 
+from pipeline.align.data import load_chains
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -18,8 +20,11 @@ def run(tmp_path_factory):
 
 
 def _curated(store) -> list[list[str]]:
-    with open(store.stage("curated").path / "hierarcaps_test.csv", newline="", encoding="utf-8") as f:
-        return [r[1].split(" => ") for r in list(csv.reader(f))[1:]]
+    path = store.stage("curated").path / "hierarcaps_test.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        chains = [r[1].split(" => ") for r in list(csv.reader(f))[1:]]
+    assert [c.positive for c in load_chains(path)] == chains      # what bench reads as its test set
+    return chains
 
 
 def _ls_export(tasks_path, edits: dict[int, list[dict]]) -> list[dict]:
