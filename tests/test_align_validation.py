@@ -112,3 +112,14 @@ def test_sweep_selects_on_validation_only():
             "forgets": run(0.995, 0.93, -0.002), "drops_r1": run(0.990, 0.96, -0.02), "slow": run(0.992, 0.97, 0.0, 2000)}
     assert sweep.choose(runs) == "b"
     assert sweep.choose({"forgets": runs["forgets"], "x": run(0.9, 0.951, -0.05)}) == "x"  # fallback: cos >= 0.95
+
+
+def test_length_buckets_change_padding_not_embeddings(clip):
+    """Any bucket count gives each text its own embedding, in input order (the padding differs only)."""
+    enc = clip().eval()
+    texts = [t for c in _chains(6) for t in c.positive + c.negative] + [""]   # 49 texts of mixed length
+    with torch.no_grad():
+        ref = torch.cat([enc._encode([t]) for t in texts])
+        for b in (1, 2, 3, 4, 8):
+            enc.length_buckets = b
+            assert torch.allclose(enc.encode_text(texts), ref, atol=1e-5), b

@@ -18,6 +18,8 @@ class AlignConfig(BaseModel):
     threads: int | None = None      # torch CPU threads (None: torch's default); 1 on a shared machine, where
     #                                 more intra-op threads than free cores thrash
     train_last_n_layers: int | None = None   # sentence-transformers only; None = whole text encoder
+    length_buckets: int = Field(2, ge=1, description="a batch's texts are encoded in this many buckets by length: "
+                                "fewer padded tokens, more calls (bench/align_step_cost.py)")
 
     # objective: "re" (paper), "cone" (entailment-cone ablation), "clear_glass", or RE + CLEAR GLASS
     objective: Literal["re", "cone", "clear_glass", "re+clear_glass"] = "re"

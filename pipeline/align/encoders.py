@@ -35,16 +35,19 @@ class Encoder:
     kind: str = ""
     has_images: bool = False
     module: torch.nn.Module
+    length_buckets: int = 2     # AlignConfig.length_buckets sets it for training
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Normalised embeddings (with grad when enabled). Texts are encoded in length buckets so
-        short tiers are not padded to caption length (CPU time is linear in padded tokens)."""
+        """Normalised embeddings (with grad when enabled). Texts are encoded in `length_buckets`
+        equal-size buckets by length so short tiers are not padded to caption length (CPU time is
+        linear in padded tokens; bench/align_step_cost.py compares bucket counts)."""
         texts = list(texts)
         if len(texts) <= 16:
             return self._encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        half = len(order) // 2
-        parts = [self._encode([texts[i] for i in idx]) for idx in (order[:half], order[half:])]
+        n, b = len(order), max(1, self.length_buckets)
+        cuts = [i * n // b for i in range(b + 1)]
+        parts = [self._encode([texts[i] for i in order[lo:hi]]) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
         inv = torch.empty(len(order), dtype=torch.long)
         inv[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(parts)[inv.to(parts[0].device)]

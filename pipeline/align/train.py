@@ -134,6 +134,7 @@ def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir
     if n_steps <= 0:
         raise ValueError(f"no training steps: {len(train_chains)} chains, batch {cfg.batch_size}, max_steps {cfg.max_steps}")
 
+    encoder.length_buckets = cfg.length_buckets
     frozen = encoder.frozen_copy()
     validator = Validator(val, frozen) if val else None
     if cfg.lora_rank:
