@@ -25,16 +25,16 @@ import torch  # noqa: E402
 
 import align_sweep as sweep  # noqa: E402
 from pipeline.align.config import AlignConfig  # noqa: E402
-from pipeline.align.encoders import load_encoder  # noqa: E402
+from pipeline.align.encoders import bucket_indices, load_encoder  # noqa: E402
 from pipeline.align.tricks import add_lora, distill_texts  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "align_step_cost.json"
 
 
 def padded_tokens(tok, texts: list[str], buckets: int) -> int:
-    lens = sorted(len(x) for x in tok(texts)["input_ids"])
-    cuts = [i * len(lens) // buckets for i in range(buckets + 1)]
-    return sum(lens[hi - 1] * (hi - lo) for lo, hi in zip(cuts, cuts[1:]) if hi > lo)
+    """Tokens after padding each bucket to its longest text, in encode_text's own buckets."""
+    lens = [len(x) for x in tok(texts)["input_ids"]]
+    return sum(max(lens[i] for i in idx) * len(idx) for idx in bucket_indices(texts, buckets))
 
 
 def main() -> None:

@@ -207,9 +207,9 @@ def _pt(x: float) -> str:
 
 
 def _cg_line(res: dict) -> str:
-    cg = [n for n, r in res.get("runs", {}).items() if "clear_glass" in ((r.get("config") or {}).get("objective") or "")]
-    objective = {n: res["runs"][n]["config"]["objective"] for n in cg}
-    return ("CLEAR GLASS under this protocol: " + ", ".join(f"{n} ({objective[n]})" for n in cg) + "." if cg
+    cg = {n: r["config"]["objective"] for n, r in res.get("runs", {}).items()
+          if "clear_glass" in ((r.get("config") or {}).get("objective") or "")}
+    return ("CLEAR GLASS under this protocol: " + ", ".join(f"{n} ({o})" for n, o in cg.items()) + "." if cg
             else "CLEAR GLASS was not run under this protocol.")
 
 

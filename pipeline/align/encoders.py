@@ -31,6 +31,14 @@ class EncoderKindError(UserError):
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")
 
 
+def bucket_indices(texts: list[str], buckets: int) -> list[list[int]]:
+    """Text indices sorted by length (characters), cut into `buckets` equal-size groups."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    n, b = len(order), max(1, buckets)
+    cuts = [i * n // b for i in range(b + 1)]
+    return [order[lo:hi] for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+
+
 class Encoder:
     kind: str = ""
     has_images: bool = False
@@ -44,10 +52,9 @@ class Encoder:
         texts = list(texts)
         if len(texts) <= 16:
             return self._encode(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        n, b = len(order), max(1, self.length_buckets)
-        cuts = [i * n // b for i in range(b + 1)]
-        parts = [self._encode([texts[i] for i in order[lo:hi]]) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
+        buckets = bucket_indices(texts, self.length_buckets)
+        order = [i for idx in buckets for i in idx]
+        parts = [self._encode([texts[i] for i in idx]) for idx in buckets]
         inv = torch.empty(len(order), dtype=torch.long)
         inv[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(parts)[inv.to(parts[0].device)]
