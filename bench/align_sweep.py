@@ -96,6 +96,11 @@ def split(val_images: int):
     return test, training_split(load_chains(POOL), test, val_images, seed=0)
 
 
+def results_path(val_images: int) -> Path:
+    """The protocol's table for 1,000 validation images; another split size gets a table of its own."""
+    return RESULTS if val_images == 1000 else RESULTS.with_name(f"align_sweep_val{val_images}.json")
+
+
 def load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -112,7 +117,7 @@ def command() -> str:
 
 def train(names: list[str], val_images: int, model_path: str) -> None:
     test, sp = split(val_images)
-    out = RESULTS if val_images == 1000 else RESULTS.with_name(f"align_sweep_val{val_images}.json")
+    out = results_path(val_images)
     for name in names:
         if "test" in load(out).get("runs", {}).get(name, {}) and name != "zero_shot":
             raise SystemExit(f"{name} was scored on the test side once; retraining it would orphan that score")
@@ -135,7 +140,7 @@ def train(names: list[str], val_images: int, model_path: str) -> None:
         res = load(out)           # re-read: a parallel train may have written meanwhile
         res["split"] = sp.stats
         runs = res.setdefault("runs", {})
-        runs[name] = {**runs.get(name, {}), **entry}   # zero_shot keeps its test score (the same model)
+        runs[name] = {**runs.get(name, {}), **entry}   # what select wrote stays (only zero_shot can have it here)
         save(res, out)
 
 
@@ -157,7 +162,7 @@ def add(name: str, run_id: str, val_images: int) -> None:
     stats = {k: v for k, v in m["split"].items() if k != "excluded_test_csv"}
     if diff or stats != sp.stats:
         raise SystemExit(f"{d}: not run {name} under this protocol: config differs {diff}, split {stats} vs {sp.stats}")
-    out = RESULTS if val_images == 1000 else RESULTS.with_name(f"align_sweep_val{val_images}.json")
+    out = results_path(val_images)
     res = load(out)
     res["split"] = sp.stats
     res.setdefault("runs", {})[name] = {
@@ -179,7 +184,7 @@ def choose(runs: dict) -> str:
 
 
 def select(model_path: str, val_images: int) -> None:
-    out = RESULTS if val_images == 1000 else RESULTS.with_name(f"align_sweep_val{val_images}.json")
+    out = results_path(val_images)
     res = load(out)
     name = choose(res["runs"])
     test, sp = split(val_images)
