@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import multiprocessing as mp
 import os
 import pickle
 import platform
@@ -27,6 +26,7 @@ from .hashing import digest
 from .locks import InheritedLock, stage_process
 from .schemas import SCHEMA_VERSION
 from .stage import Stage, StageContext, StageError, stage_key
+from .startup import stage_context
 from .store import MANIFEST, PROGRESS, RunStore, StageDir, file_sum
 
 log = logging.getLogger("hierarcaps")
@@ -109,11 +109,11 @@ def child_main(stage: Stage, root: str, run_id: str, out: str, force: bool, key:
 
 
 def _execute_isolated(stage: Stage, ctx: StageContext, lock, poll: float = 1.0) -> None:
-    spawn = mp.get_context("spawn")
-    parent, child = spawn.Pipe(duplex=False)
+    start = stage_context()
+    parent, child = start.Pipe(duplex=False)
     payload = pickle.dumps((stage, str(ctx.store.root), ctx.store.run_id, str(ctx.out.path), ctx.force, ctx.key,
                             ctx.model_cache, ctx.executor))
-    proc = spawn.Process(target=stage_process, args=(os.getpid(), InheritedLock(lock), payload, child))
+    proc = start.Process(target=stage_process, args=(os.getpid(), InheritedLock(lock), dict(os.environ), payload, child))
     proc.start()
     child.close()
     last = None

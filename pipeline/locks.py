@@ -106,29 +106,46 @@ def _adopt(key: str, dup) -> str:
 
 def die_with_parent(parent_pid: int) -> None:
     """In a stage's process: end when the parent ends, so nothing commits after it is gone.
-    Linux: the kernel's parent-death signal; elsewhere (and as a backstop) a watcher thread."""
+    Linux: the kernel's parent-death signal (from a forkserver, the forkserver's, which ends when
+    the parent does); everywhere (and as a backstop) a watcher thread on ``parent_pid`` itself."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent_pid:                          # it died before the signal was armed
+    direct = os.getppid()                                   # the parent, or the forkserver it uses
+
+    def gone() -> bool:
+        if os.getppid() != direct:
+            return True
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    if gone() or (direct == 1 and parent_pid != 1):         # it died before the signal was armed
         os._exit(70)
 
     def watch():
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent_pid:
+            if gone():
                 os._exit(70)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def stage_process(parent: int, lock: str, payload: bytes, conn) -> None:
-    """Entry of a stage's spawned process. The parent-death signal is armed before anything heavy
-    is imported or unpickled, so a parent killed during start-up leaves nothing behind."""
+def stage_process(parent: int, lock: str, env: dict, payload: bytes, conn) -> None:
+    """Entry of a stage's process. The parent-death signal is armed before anything heavy is
+    imported or unpickled, so a parent killed during start-up leaves nothing behind. The parent's
+    environment is taken over (a forkserver's child inherits the forkserver's)."""
     die_with_parent(parent)
+    os.environ.clear()
+    os.environ.update(env)
     import pickle
 
     from .execute import child_main

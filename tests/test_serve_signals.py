@@ -26,6 +26,13 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _is_stage_process(p: psutil.Process) -> bool:
+    """A spawned process, or a child of a forkserver (which shares the forkserver's command line)."""
+    line = " ".join(p.cmdline())
+    return "multiprocessing.spawn" in line or (
+        "multiprocessing.forkserver" in line and "multiprocessing.forkserver" in " ".join(p.parent().cmdline()))
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     root = psutil.Process(pid)
     return [root, *root.children(recursive=True)]
@@ -125,9 +132,8 @@ def test_serve_no_server_sigterm_cancels_run_in_progress(tmp_path, tiny_models):
                               "--param", 'stages=["ingest", "seed"]'],
                              cwd=tmp_path / "work", env=env, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
-        # the seed stage runs in its own (spawned) process under the flow-run process
-        wait_until(lambda: any("multiprocessing.spawn" in " ".join(p.cmdline()) for p in _tree(proc.pid)[1:]),
-                   120, "stage process running")
+        # the seed stage runs in its own process under the flow-run process (forked from its forkserver)
+        wait_until(lambda: any(_is_stage_process(p) for p in _tree(proc.pid)[1:]), 120, "stage process running")
         _stop_and_check(proc, log, signal.SIGTERM, to_group=False)
         runs = api(url, "/flow_runs/filter", {})
         assert [r["state_type"] for r in runs] == ["CANCELLED"], runs
