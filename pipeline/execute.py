@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing as mp
 import os
 import pickle
 import platform
@@ -26,7 +27,7 @@ from .hashing import digest
 from .locks import InheritedLock, stage_process
 from .schemas import SCHEMA_VERSION
 from .stage import Stage, StageContext, StageError, stage_key
-from .startup import stage_context
+from .startup import start_stage_process
 from .store import MANIFEST, PROGRESS, RunStore, StageDir, file_sum
 
 log = logging.getLogger("hierarcaps")
@@ -109,12 +110,10 @@ def child_main(stage: Stage, root: str, run_id: str, out: str, force: bool, key:
 
 
 def _execute_isolated(stage: Stage, ctx: StageContext, lock, poll: float = 1.0) -> None:
-    start = stage_context()
-    parent, child = start.Pipe(duplex=False)
+    parent, child = mp.Pipe(duplex=False)
     payload = pickle.dumps((stage, str(ctx.store.root), ctx.store.run_id, str(ctx.out.path), ctx.force, ctx.key,
                             ctx.model_cache, ctx.executor))
-    proc = start.Process(target=stage_process, args=(os.getpid(), InheritedLock(lock), dict(os.environ), payload, child))
-    proc.start()
+    proc = start_stage_process(stage_process, (os.getpid(), InheritedLock(lock), dict(os.environ), payload, child))
     child.close()
     last = None
     result = None

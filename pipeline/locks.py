@@ -1,7 +1,7 @@
 """The run lock: one process (and the stage processes it starts) works on a run at a time.
 
 An ``fcntl.flock`` on ``runs/<run_id>/.lock``: the kernel releases it when the holder dies, so
-there is nothing to clean by hand. A stage's spawned process receives the same open file (so
+there is nothing to clean by hand. A stage's process receives the same open file (so
 the lock is held while either lives) and dies with its parent (:func:`die_with_parent`). A second
 run of the same run id is refused with a line naming the holder. Re-entrant within a process
 (the flow's tasks and the stages they run share it).
@@ -86,7 +86,7 @@ class RunLock:
 
 
 class InheritedLock:
-    """Carries a held run lock into a spawned process: pickled while the process starts, it hands
+    """Carries a held run lock into a stage process: pickled while the process starts, it hands
     the child a duplicate of the locked file (multiprocessing's fd passing), so the lock stays held
     as long as either process lives."""
 

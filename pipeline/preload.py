@@ -3,8 +3,13 @@ loads, so a forked stage process finds them in memory. Imports only: nothing her
 worker pool or touch a device before the fork. A library that is not installed is skipped."""
 
 import importlib
+import os
 
-for _name in ("pyarrow.parquet", "torch", "transformers", "sentence_transformers", "peft", "pipeline.execute",
+# a library that asks whether CUDA is available asks NVML, not the CUDA runtime, which would not
+# survive the fork (the stage process takes the parent's environment over, so this stays here)
+os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+
+for _name in ("pyarrow.parquet", "torch", "transformers", "pipeline.execute",
               "pipeline.registry", "pipeline.backends.transformers_engine", "pipeline.backends.nli",
               "pipeline.completer"):
     try:

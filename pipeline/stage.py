@@ -6,8 +6,8 @@ cannot read a field its key omits. The key is the hash of those objects plus ``k
 (prompt files, model revisions, input digests) and the upstream manifests. ``inputs`` names the
 upstream stages (the registry orders stages by them); ``engines`` the attributes holding model
 engines, which a caller may hand in already built (a test's small engine) or ``setup`` opens.
-``isolated`` stages (model stages) run in a fresh spawned process so their GPU memory is released
-when the stage ends.
+``isolated`` stages (model stages) run in a fresh process (:mod:`pipeline.startup`) so their GPU
+memory is released when the stage ends.
 """
 
 from __future__ import annotations

@@ -144,9 +144,9 @@ def test_unit_size_changes_only_the_parquet_row_groups(reference, tmp_path):
 
 def export_peak(root, rows: int, monkeypatch) -> int:
     """Peak Python memory (tracemalloc) of an in-process export over ``rows`` chains, 500 of them
-    test, in units of 2,000; reading a whole stage is refused."""
+    test, in units of 1,000; reading a whole stage is refused."""
     store = synthetic(root, f"m{rows}", rows=rows, test_rows=500)
-    cfg = config(root, "export.unit_rows=2000")
+    cfg = config(root, "export.unit_rows=1000")
 
     def refuse(self, *a, **k):
         raise AssertionError(f"StageDir.read of {self.name}: a whole table read")
@@ -162,9 +162,9 @@ def export_peak(root, rows: int, monkeypatch) -> int:
 
 
 def test_export_memory_does_not_grow_with_the_train_chains(tmp_path, monkeypatch):
-    export_peak(tmp_path / "warm", 2_000, monkeypatch)         # imports (matplotlib...) are not the export's
-    small = export_peak(tmp_path / "a", 6_000, monkeypatch)
-    large = export_peak(tmp_path / "b", 24_000, monkeypatch)
+    export_peak(tmp_path / "warm", 1_000, monkeypatch)         # imports (matplotlib...) are not the export's
+    small = export_peak(tmp_path / "a", 3_000, monkeypatch)
+    large = export_peak(tmp_path / "b", 12_000, monkeypatch)
     # 4x the chains: holding them (as the whole-table export did) took 2.8x the memory here
     assert large < 1.2 * small, (small, large)
 

@@ -142,3 +142,22 @@ def test_model_stages_end_to_end_on_cuda(tmp_path):
         assert engines and all(e["device"].startswith("cuda") for e in engines.values()), (name, engines)
     assert manifests["distill"]["stats"]["training"]["device"].startswith("cuda")
     assert manifests["bulk"]["rows_out"] > 0
+
+
+def test_stage_forked_from_the_forkserver_runs_on_cuda(tmp_path, monkeypatch):
+    """``HIERARCAPS_STAGE_START=forkserver`` beside a GPU: the forkserver's imports touched no CUDA
+    runtime (NVML answers availability there), so a forked stage process still gets CUDA."""
+    from pipeline import startup
+    from pipeline.config import load_config
+    from pipeline.runner import run_stages
+    from pipeline.store import RunStore
+
+    monkeypatch.setenv("HIERARCAPS_STAGE_START", "forkserver")
+    cfg = load_config("tiny", overrides=[f"run.root={tmp_path}", "models.generator.device=cuda",
+                                         "models.nli.device=cuda", "seed.max_captions=8"])
+    manifests = {m["stage"]: m for m in run_stages(cfg, RunStore(cfg.run.root, "fork"),
+                                                    stages=["ingest", "seed", "nli_filter"])}
+    for name in ("seed", "nli_filter"):
+        engines = manifests[name]["stats"]["engines"]
+        assert engines and all(e["device"].startswith("cuda") for e in engines.values()), (name, engines)
+    assert startup._started_env["HIERARCAPS_STAGE_START"] == "forkserver"     # a forkserver started them

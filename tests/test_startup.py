@@ -3,8 +3,10 @@ parent's environment, and a spawned process wherever the forkserver's imports co
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import sys
+import weakref
 
 import pytest
 
@@ -17,20 +19,62 @@ from pipeline.registry import get_stage
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forkserver start is used on Linux")
 
 
+class _Running:
+    def is_alive(self) -> bool:
+        return True
+
+
 @linux_only
-def test_forkserver_unless_the_environment_changed_or_spawn_asked(monkeypatch):
+def test_forkserver_unless_a_gpu_or_spawn_asked(monkeypatch):
     monkeypatch.setattr(startup, "_started_env", dict(os.environ))
+    monkeypatch.setattr(startup, "gpu_present", lambda: False)
     assert startup.stage_context().get_start_method() == "forkserver"
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")           # read by huggingface_hub when it is imported
+    monkeypatch.setattr(startup, "gpu_present", lambda: True)      # auto spawns beside a GPU
     assert startup.stage_context().get_start_method() == "spawn"
-    monkeypatch.undo()
-    monkeypatch.setattr(startup, "_started_env", dict(os.environ))
-    monkeypatch.setenv("HIERARCAPS_STAGE_START", "spawn")
-    # the variable itself is a change: spawn either way, and asked for here
-    assert startup.stage_context().get_start_method() == "spawn"
+    for asked, gpu in (("spawn", False), ("forkserver", True)):       # asked for, the variable decides
+        monkeypatch.undo()
+        monkeypatch.setenv("HIERARCAPS_STAGE_START", asked)
+        monkeypatch.setattr(startup, "_started_env", dict(os.environ))
+        monkeypatch.setattr(startup, "gpu_present", lambda: gpu)
+        assert startup.stage_context().get_start_method() == asked
     monkeypatch.setenv("HIERARCAPS_STAGE_START", "fork")
-    with pytest.raises(UserError, match="HIERARCAPS_STAGE_START='fork': use one of forkserver, spawn"):
+    with pytest.raises(UserError, match="HIERARCAPS_STAGE_START='fork': use one of auto, forkserver, spawn"):
         startup.stage_context()
+
+
+def _report_env(conn) -> None:
+    import sys
+
+    conn.send((os.environ.get("HIERARCAPS_PROBE"), "torch" in sys.modules))
+    conn.close()
+
+
+@linux_only
+def test_a_changed_environment_restarts_the_forkserver_or_spawns_while_a_forked_stage_runs(monkeypatch):
+    """The forkserver's imports saw the environment it started with: after a change, the next stage
+    process comes from a new forkserver (which sees the change), or is spawned while the old one's
+    child still runs."""
+    monkeypatch.setattr(startup, "gpu_present", lambda: False)
+    monkeypatch.setattr(startup, "_forked", weakref.WeakSet())
+    monkeypatch.setenv("HIERARCAPS_PROBE", "before")
+
+    def probe():
+        parent, child = mp.Pipe(duplex=False)
+        proc = startup.start_stage_process(_report_env, (child,))
+        child.close()
+        seen = parent.recv()
+        proc.join()
+        return seen, startup._started_env.get("HIERARCAPS_PROBE")
+
+    assert probe() == (("before", True), "before")      # forked: torch is already imported there
+    monkeypatch.setenv("HIERARCAPS_PROBE", "after")
+    assert probe() == (("after", True), "after")        # a new forkserver, with the new environment
+    running = _Running()
+    startup._forked.add(running)
+    monkeypatch.setenv("HIERARCAPS_PROBE", "later")
+    with startup._guard:
+        assert startup.stage_context().get_start_method() == "spawn"
+    assert startup._started_env["HIERARCAPS_PROBE"] == "after"
 
 
 @pytest.mark.slow
