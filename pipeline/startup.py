@@ -53,7 +53,7 @@ def stage_context():
         method = "spawn" if gpu_present() else "forkserver"
     if method == "spawn" or "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
-    env = {k: v for k, v in os.environ.items() if k not in IGNORED_ENV}
+    env = environment()
     if _started_env is not None and _started_env != env:
         server = multiprocessing.forkserver._forkserver
         if any(p.is_alive() for p in list(_forked)) or not hasattr(server, "_stop"):
@@ -65,6 +65,11 @@ def stage_context():
         ctx.set_forkserver_preload(["pipeline.preload"])
         _started_env = env
     return mp.get_context("forkserver")
+
+
+def environment() -> dict[str, str]:
+    """The parent's environment as a forkserver's imports would see it (``IGNORED_ENV`` left out)."""
+    return {k: v for k, v in os.environ.items() if k not in IGNORED_ENV}
 
 
 def gpu_present() -> bool:

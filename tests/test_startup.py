@@ -26,7 +26,7 @@ class _Running:
 
 @linux_only
 def test_forkserver_unless_a_gpu_or_spawn_asked(monkeypatch):
-    monkeypatch.setattr(startup, "_started_env", dict(os.environ))
+    monkeypatch.setattr(startup, "_started_env", startup.environment())
     monkeypatch.setattr(startup, "gpu_present", lambda: False)
     assert startup.stage_context().get_start_method() == "forkserver"
     monkeypatch.setattr(startup, "gpu_present", lambda: True)      # auto spawns beside a GPU
@@ -34,7 +34,7 @@ def test_forkserver_unless_a_gpu_or_spawn_asked(monkeypatch):
     for asked, gpu in (("spawn", False), ("forkserver", True)):       # asked for, the variable decides
         monkeypatch.undo()
         monkeypatch.setenv("HIERARCAPS_STAGE_START", asked)
-        monkeypatch.setattr(startup, "_started_env", dict(os.environ))
+        monkeypatch.setattr(startup, "_started_env", startup.environment())
         monkeypatch.setattr(startup, "gpu_present", lambda: gpu)
         assert startup.stage_context().get_start_method() == asked
     monkeypatch.setenv("HIERARCAPS_STAGE_START", "fork")
