@@ -82,6 +82,21 @@ def test_pullback_and_cone_and_clear_glass():
     assert losses.clear_glass_loss(tight)["cg"] < losses.clear_glass_loss(mixed)["cg"]
 
 
+def test_radius_order_loss_counts_only_tiers_too_close_to_the_root():
+    """Zero when every tier is at least `margin` further from the root than the one above; an
+    inverted pair costs its gap plus the margin, and the gradient pushes the pair apart."""
+    root = torch.zeros(3)
+    unit = torch.tensor([1.0, 0.0, 0.0])
+    ordered = torch.stack([unit * r for r in (0.2, 0.4, 0.6, 0.8)])[None]           # (1, 4, 3)
+    assert losses.radius_order_loss(ordered, root, 0.1).item() == 0.0
+    inverted = torch.stack([unit * r for r in (0.4, 0.2, 0.6, 0.8)])[None].requires_grad_(True)
+    loss = losses.radius_order_loss(inverted, root, 0.1)
+    assert loss.item() == pytest.approx((0.1 + 0.2) / 3)                              # one bad pair of 3
+    loss.backward()
+    g = inverted.grad[0, :, 0]
+    assert g[0] > 0 and g[1] < 0 and g[2] == 0 and g[3] == 0     # descent: tier 1 inward, tier 2 outward
+
+
 def test_load_chains_csv_formats(tmp_path):
     test = tmp_path / "t.csv"
     test.write_text('id,captions,image_url\n0,"a => b => c => d",x/COCO_val2014_000000000042.jpg\n')

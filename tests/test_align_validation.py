@@ -60,11 +60,11 @@ def test_train_with_validation_lora_ema_and_distillation(clip, tmp_path):
     enc = clip()
     before = embed_texts(enc, ["a photo of a dog"])
     cfg = AlignConfig(lr=5e-3, batch_size=4, epochs=2, max_steps=4, lora_rank=4, ema_decay=0.5, lambda_distill=1.0,
-                      distill_batch=4, val_every=2)
+                      distill_batch=4, val_every=2, lambda_order=1.0)
     m = train_align(_chains(), enc, cfg, tmp_path / "out", val=_chains()[:6])
     assert m["validation"]["step"] == 4 and m["train_cpu_seconds"] > 0
     curves = json.loads((tmp_path / "out" / "train_curves.json").read_text())
-    assert [v["step"] for v in curves["validation"]] == [2, 4] and "distill" in curves["curves"][-1]
+    assert [v["step"] for v in curves["validation"]] == [2, 4] and {"distill", "order"} <= set(curves["curves"][-1])
     assert not any("lora_" in n for n, _ in enc.module.named_parameters())   # merged: a plain model again
     after = embed_texts(enc, ["a photo of a dog"])
     assert not torch.allclose(before, after)                                    # the adapters did something
@@ -123,3 +123,25 @@ def test_length_buckets_change_padding_not_embeddings(clip):
         for b in (1, 2, 3, 4, 8):
             enc.length_buckets = b
             assert torch.allclose(enc.encode_text(texts), ref, atol=1e-5), b
+
+
+def test_wise_alpha_saves_the_point_between_original_and_fine_tuned(clip, tmp_path):
+    """WiSE-FT: the same seed trained with wise_alpha=0.5 saves exactly the midpoint of the original
+    and the fully fine-tuned weights (LoRA merged first); interpolation refuses another architecture."""
+    from pipeline.align.train import train_align
+    from pipeline.align.tricks import interpolate_weights
+
+    def trained(**kw):
+        enc = clip()
+        cfg = AlignConfig(lr=5e-3, batch_size=4, max_steps=3, lora_rank=4, **kw)
+        train_align(_chains(), enc, cfg, None)
+        return {k: v.clone() for k, v in enc.module.state_dict().items()}
+
+    w0 = clip().module.state_dict()
+    full, half = trained(), trained(wise_alpha=0.5)
+    moved = [k for k in full if full[k].is_floating_point() and not torch.equal(full[k], w0[k])]
+    assert moved, "fine-tuning changed nothing"
+    for k in moved:
+        assert torch.allclose(half[k], (w0[k] + full[k]) / 2, atol=1e-6), k
+    with pytest.raises(ValueError, match="no counterpart"):
+        interpolate_weights(clip().module, torch.nn.Linear(2, 2), 0.5)

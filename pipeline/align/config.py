@@ -26,6 +26,9 @@ class AlignConfig(BaseModel):
     lambda_p: float = Field(10.0, description="pull-back weight (paper)")
     lambda_e: float = Field(1.0, description="RE (or cone) weight (paper)")
     lambda_m: float = Field(1.0, description="hard-mining weight (paper)")
+    lambda_order: float = Field(0.0, description="weight of a hinge on tier radii (losses.radius_order_loss; "
+                                "ours, 0 = the paper's loss)")
+    order_margin: float = 0.05
     pullback_tier_weights: tuple[float, float, float, float] | None = Field(
         None, description="per-tier weights of the pull-back mean, general -> specific (None: uniform, as the "
                           "paper); lets short general tiers move while captions keep what they knew")
@@ -64,6 +67,8 @@ class AlignConfig(BaseModel):
     ema_decay: float | None = None         # the saved / validated weights are the EMA
     lambda_distill: float = 0.0            # weight of 1 - cos(E, E_frozen) on unlabelled training captions
     distill_batch: int = 32                # captions per step for the distillation term
+    wise_alpha: float | None = Field(None, gt=0.0, le=1.0, description="WiSE-FT (Wortsman et al. 2022): "
+                                     "the saved weights are original + alpha * (fine-tuned - original)")
 
     # data
     exclude_test_csv: str | None = None   # test captions/images to drop from the training chains

@@ -9,6 +9,7 @@ RE follows the official HierarCaps `train.py` (TAU-VAILab/hierarcaps, `batch2los
   * mining: with P, -N flattened over (k, chain), i = argmax P, j = argmax(-N_angle), loss
     (P + N)[i] + (P + N)[j] (N holds negated angles);
   * pull-back (1 - mean cos(E, E_frozen)) / 2 over every text of the batch.
+`radius_order_loss` (a hinge on tier radii) is an extra of ours, off by default.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def re_loss(pos: torch.Tensor, neg: torch.Tensor, root: torch.Tensor) -> dict[st
     i, j = Pr.argmax(), Nr.argmax()
     mloss = PN[i] + PN[j]
     return {"eloss": eloss, "mloss": mloss, "pos_angle": P.mean().detach(), "neg_angle": -N.mean().detach()}
+
+
+def radius_order_loss(pos: torch.Tensor, root: torch.Tensor, margin: float) -> torch.Tensor:
+    """Our addition, not the paper's: a hinge on the generality order itself. Each tier's radius
+    |e - r| should exceed the tier above it by `margin`; d_corr counts exactly these inversions, and
+    RE's angles constrain them only indirectly (short general tiers tie near the root). pos: (B, 4, D)."""
+    d = (pos - root).norm(dim=-1)
+    return F.relu(margin - (d[:, 1:] - d[:, :-1])).mean()
 
 
 def cone_half_aperture(u: torch.Tensor, K: float) -> torch.Tensor:

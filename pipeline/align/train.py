@@ -19,7 +19,7 @@ from pipeline.align.config import AlignConfig
 from pipeline.align.data import Chain, load_chains, norm_text, training_split
 from pipeline.align.encoders import Encoder, load_encoder
 from pipeline.align.leakage import write_manifest
-from pipeline.align.tricks import Ema, add_lora, distill_texts, merge_lora, param_groups
+from pipeline.align.tricks import Ema, add_lora, distill_texts, interpolate_weights, merge_lora, param_groups
 from pipeline.align.validation import Validator
 
 
@@ -104,6 +104,9 @@ def _step_losses(enc: Encoder, frozen: Encoder, cfg: AlignConfig, batch: list[Ch
             part = losses.re_loss(Ev[0], Ev[1], root)
         out.update(part)
         total = total + cfg.lambda_e * part["eloss"] + cfg.lambda_m * part["mloss"]
+        if cfg.lambda_order:
+            out["order"] = losses.radius_order_loss(Ev[0], root, cfg.order_margin)
+            total = total + cfg.lambda_order * out["order"]
     if groups is not None:
         G, M = len(groups), len(groups[0])
         part = losses.clear_glass_loss(E[n_chain_texts:].view(G, M, -1), cfg.cg_temperature, cfg.cg_inner_weight)
@@ -194,6 +197,8 @@ def train_align(chains: list[Chain], encoder: Encoder, cfg: AlignConfig, out_dir
         ema = None
     if cfg.lora_rank:
         merge_lora(encoder)
+    if cfg.wise_alpha is not None and cfg.wise_alpha < 1.0:
+        interpolate_weights(encoder.module, frozen.module, cfg.wise_alpha)
     encoder.eval()
     tail = curves[-max(1, len(curves) // 10):]
     metrics = {"steps": n_steps, "train_chains": len(train_chains), "seconds": round(time.time() - t0, 1),

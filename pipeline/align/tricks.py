@@ -108,3 +108,17 @@ def distill_texts(chains: list[Chain]) -> list[str]:
             if t:
                 seen.setdefault(norm_text(t), t)
     return list(seen.values())
+
+
+@torch.no_grad()
+def interpolate_weights(module: torch.nn.Module, original: torch.nn.Module, alpha: float) -> None:
+    """WiSE-FT: move every floating-point weight of `module` to original + alpha * (module - original),
+    in place. Fine-tuning's gain on the new task tends to survive a step back along this line better
+    than the old knowledge survives the fine-tuning, so alpha < 1 trades a little d_corr for cosine
+    and retrieval. Both modules must have the same architecture (LoRA merged first)."""
+    ref = original.state_dict()
+    for name, t in module.state_dict().items():
+        if t.is_floating_point():
+            if name not in ref or ref[name].shape != t.shape:
+                raise ValueError(f"interpolate_weights: {name} has no counterpart of shape {tuple(t.shape)}")
+            t.copy_(ref[name].to(t.device) + alpha * (t - ref[name].to(t.device)))
