@@ -39,7 +39,7 @@ import torch  # noqa: E402
 from pipeline.align.config import AlignConfig  # noqa: E402
 from pipeline.align.data import load_chains, training_split  # noqa: E402
 from pipeline.align.encoders import load_encoder  # noqa: E402
-from pipeline.align.leakage import guard  # noqa: E402
+from pipeline.align.leakage import MANIFEST, guard  # noqa: E402
 from pipeline.align.train import cpu_seconds, train_align  # noqa: E402
 from pipeline.align.tricks import interpolate_weights  # noqa: E402
 from pipeline.align.validation import Validator  # noqa: E402
@@ -184,10 +184,11 @@ def interpolate(names: list[str], val_images: int, model_path: str) -> None:
     validator = Validator(sp.val, orig)
     for name in names:
         parent, alpha = wise_parent(name)
-        pr = load(out).get("runs", {}).get(parent)
+        runs = load(out).get("runs", {})
+        pr = runs.get(parent)
         if not pr or not pr.get("model_dir") or not (ROOT / pr["model_dir"]).is_dir():
             raise SystemExit(f"{name}: train {parent} first (no saved model)")
-        if "test" in load(out).get("runs", {}).get(name, {}):
+        if "test" in runs.get(name, {}):
             raise SystemExit(f"{name} was scored on the test side once; redoing it would orphan that score")
         src = ROOT / pr["model_dir"]
         enc = load_encoder("sentence-transformers", str(src))
@@ -196,8 +197,10 @@ def interpolate(names: list[str], val_images: int, model_path: str) -> None:
         mix_cpu = round(cpu_seconds() - c0, 1)
         dst = ART / name
         enc.save(dst / "model")
-        for f in ("training_data.npz", "train_curves.json"):   # the leakage manifest: the parent's data
-            shutil.copy2(src / f, dst / f)
+        shutil.copy2(src / MANIFEST, dst / MANIFEST)     # the leakage manifest: the parent's training data
+        curves = json.loads((src / "train_curves.json").read_text())
+        curves["config"]["wise_alpha"] = alpha            # the config these weights correspond to
+        (dst / "train_curves.json").write_text(json.dumps(curves, indent=1))
         v = validator(enc)
         print(name, f"val d_corr {v['d_corr']:.4f} cos {v['cosine']:.4f} dR@1 {100 * v['caption_r1_delta']:+.2f} pt",
               flush=True)

@@ -43,8 +43,6 @@ def test_forkserver_unless_a_gpu_or_spawn_asked(monkeypatch):
 
 
 def _report_env(conn) -> None:
-    import sys
-
     conn.send((os.environ.get("HIERARCAPS_PROBE"), "torch" in sys.modules))
     conn.close()
 
