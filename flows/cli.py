@@ -228,10 +228,10 @@ def _dispatch(args) -> int:
                 token_env=args.token_env, dry_run=args.dry_run)
         return 0
     if args.cmd == "tiny-models":
-        from pipeline.models.tiny import resolve_model
+        from pipeline.models.tiny import TINY_IDS, resolve_models
 
-        for mid in ("tiny/llama-chat", "tiny/t5", "tiny/nli"):
-            print(mid, resolve_model(mid, args.cache_dir or os.environ.get("HIERARCAPS_CACHE")))
+        for mid, path in resolve_models(list(TINY_IDS), args.cache_dir or os.environ.get("HIERARCAPS_CACHE")).items():
+            print(mid, path)
         return 0
     return 1
 

@@ -15,18 +15,47 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+_prebuild = None
+
+
+def pytest_sessionstart(session):
+    """An empty model cache (a fresh clone, CI): build the tiny models in a background process
+    while the first tests, which need none, run. The fixture below then waits on the builds' file
+    locks instead of starting them (the t5 build alone is ~2.5 min of one core)."""
+    global _prebuild
+    import subprocess
+    import sys
+
+    from pipeline.models.tiny import TINY_IDS, _is_built
+
+    cache = os.environ["HIERARCAPS_CACHE"]
+    if session.config.option.collectonly or all(_is_built(m, cache) for m in TINY_IDS):
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache) / "prebuild.log", "ab") as log:
+        _prebuild = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from pipeline.models.tiny import TINY_IDS, resolve_models; "
+                                   "resolve_models(list(TINY_IDS), sys.argv[1])", cache],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that ended before the builds did (a few tests, -x): stop them, workers too."""
+    import signal
+
+    if _prebuild is not None and _prebuild.poll() is None:
+        os.killpg(_prebuild.pid, signal.SIGTERM)
+        _prebuild.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     """{"llama": path, "t5": path, "nli": path}; cached under $HIERARCAPS_CACHE (default
     .cache/tiny in the checkout, git-ignored), reused across runs."""
-    from pipeline.models import resolve_model
+    from pipeline.models.tiny import resolve_models
 
-    cache = os.environ["HIERARCAPS_CACHE"]
-    return {
-        "llama": resolve_model("tiny/llama-chat", cache),
-        "t5": resolve_model("tiny/t5", cache),
-        "nli": resolve_model("tiny/nli", cache),
-    }
+    paths = resolve_models(["tiny/llama-chat", "tiny/t5", "tiny/nli"], os.environ["HIERARCAPS_CACHE"])
+    return {"llama": paths["tiny/llama-chat"], "t5": paths["tiny/t5"], "nli": paths["tiny/nli"]}
 
 
 @pytest.fixture(scope="module")

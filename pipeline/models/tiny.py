@@ -24,7 +24,7 @@ from .tiny_train import DEFAULT_SEED, HELDOUT_CAPTIONS, TinyBuildError
 
 __all__ = ["NLI_ID2LABEL", "NLI_LABEL2ID", "T5_CHAIN_SEP", "T5_GENERALIZE", "T5_GENERALIZE_TARGET", "T5_SPECIFY",
            "DEFAULT_SEED", "HELDOUT_CAPTIONS", "TinyBuildError", "TINY_IDS", "build_tiny", "resolve_model",
-           "weights_hash", "build_key", "default_cache_dir"]
+           "weights_hash", "build_key", "default_cache_dir", "resolve_models"]
 
 # --------------------------------------------------------------------------- resolution / cache
 
@@ -92,6 +92,26 @@ def resolve_model(model_id: str, cache_dir: str | Path | None = None) -> str:
     if model_id in TINY_IDS:
         return str(build_tiny(model_id, cache_dir))
     return model_id
+
+
+def _is_built(model_id: str, cache_dir: str | Path | None) -> bool:
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return (root / f"{model_id.split('/', 1)[1]}-{build_key(model_id)}" / "tiny_build.json").is_file()
+
+
+def resolve_models(model_ids: list[str], cache_dir: str | Path | None = None) -> dict[str, str]:
+    """``resolve_model`` for several ids, building the missing tiny models side by side: each build
+    is single-threaded (``tiny_train.deterministic``), so on a multi-core machine an empty cache
+    fills in the time of the slowest build, not of all of them. Same folders, same weights."""
+    todo = [m for m in dict.fromkeys(model_ids) if m in TINY_IDS and not _is_built(m, cache_dir)]
+    if len(todo) > 1 and (os.cpu_count() or 1) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per build, nothing inherited from a caller holding torch threads
+        with ProcessPoolExecutor(min(len(todo), os.cpu_count() or 1), mp_context=mp.get_context("spawn")) as ex:
+            list(ex.map(build_tiny, todo, [cache_dir] * len(todo)))
+    return {m: resolve_model(m, cache_dir) for m in model_ids}
 
 
 def weights_hash(model_dir: str | Path) -> str:
