@@ -26,10 +26,10 @@ def pytest_sessionstart(session):
     import subprocess
     import sys
 
-    from pipeline.models.tiny import TINY_IDS, _is_built
+    from pipeline.models.tiny import TINY_IDS, is_built
 
     cache = os.environ["HIERARCAPS_CACHE"]
-    if session.config.option.collectonly or all(_is_built(m, cache) for m in TINY_IDS):
+    if session.config.option.collectonly or all(is_built(m, cache) for m in TINY_IDS):
         return
     Path(cache).mkdir(parents=True, exist_ok=True)
     with open(Path(cache) / "prebuild.log", "ab") as log:
@@ -54,6 +54,8 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     .cache/tiny in the checkout, git-ignored), reused across runs."""
     from pipeline.models.tiny import resolve_models
 
+    if _prebuild is not None:
+        _prebuild.wait()          # what it could not build (an error), resolve_models builds and reports
     paths = resolve_models(["tiny/llama-chat", "tiny/t5", "tiny/nli"], os.environ["HIERARCAPS_CACHE"])
     return {"llama": paths["tiny/llama-chat"], "t5": paths["tiny/t5"], "nli": paths["tiny/nli"]}
 

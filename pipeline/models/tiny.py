@@ -24,7 +24,7 @@ from .tiny_train import DEFAULT_SEED, HELDOUT_CAPTIONS, TinyBuildError
 
 __all__ = ["NLI_ID2LABEL", "NLI_LABEL2ID", "T5_CHAIN_SEP", "T5_GENERALIZE", "T5_GENERALIZE_TARGET", "T5_SPECIFY",
            "DEFAULT_SEED", "HELDOUT_CAPTIONS", "TinyBuildError", "TINY_IDS", "build_tiny", "resolve_model",
-           "weights_hash", "build_key", "default_cache_dir", "resolve_models"]
+           "weights_hash", "build_key", "default_cache_dir", "resolve_models", "is_built"]
 
 # --------------------------------------------------------------------------- resolution / cache
 
@@ -94,7 +94,8 @@ def resolve_model(model_id: str, cache_dir: str | Path | None = None) -> str:
     return model_id
 
 
-def _is_built(model_id: str, cache_dir: str | Path | None) -> bool:
+def is_built(model_id: str, cache_dir: str | Path | None = None) -> bool:
+    """Whether the tiny model `model_id` is in the cache under its current build key."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return (root / f"{model_id.split('/', 1)[1]}-{build_key(model_id)}" / "tiny_build.json").is_file()
 
@@ -103,7 +104,7 @@ def resolve_models(model_ids: list[str], cache_dir: str | Path | None = None) ->
     """``resolve_model`` for several ids, building the missing tiny models side by side: each build
     is single-threaded (``tiny_train.deterministic``), so on a multi-core machine an empty cache
     fills in the time of the slowest build, not of all of them. Same folders, same weights."""
-    todo = [m for m in dict.fromkeys(model_ids) if m in TINY_IDS and not _is_built(m, cache_dir)]
+    todo = [m for m in dict.fromkeys(model_ids) if m in TINY_IDS and not is_built(m, cache_dir)]
     if len(todo) > 1 and (os.cpu_count() or 1) > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
