@@ -20,8 +20,8 @@ _prebuild = None
 
 def pytest_sessionstart(session):
     """An empty model cache (a fresh clone, CI): build the tiny models in a background process
-    while the first tests, which need none, run. The fixture below then waits on the builds' file
-    locks instead of starting them (the t5 build alone is ~2.5 min of one core)."""
+    (`hierarcaps tiny-models`) while the first tests, which need none, run. The fixture below waits
+    for it instead of starting the builds (the t5 build alone is ~2.5 min of one core)."""
     global _prebuild
     import subprocess
     import sys
@@ -34,8 +34,7 @@ def pytest_sessionstart(session):
     Path(cache).mkdir(parents=True, exist_ok=True)
     with open(Path(cache) / "prebuild.log", "ab") as log:
         _prebuild = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from pipeline.models.tiny import TINY_IDS, resolve_models; "
-                                   "resolve_models(list(TINY_IDS), sys.argv[1])", cache],
+            [sys.executable, "-m", "flows.cli", "tiny-models", "--cache-dir", cache],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

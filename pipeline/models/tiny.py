@@ -24,7 +24,7 @@ from .tiny_train import DEFAULT_SEED, HELDOUT_CAPTIONS, TinyBuildError
 
 __all__ = ["NLI_ID2LABEL", "NLI_LABEL2ID", "T5_CHAIN_SEP", "T5_GENERALIZE", "T5_GENERALIZE_TARGET", "T5_SPECIFY",
            "DEFAULT_SEED", "HELDOUT_CAPTIONS", "TinyBuildError", "TINY_IDS", "build_tiny", "resolve_model",
-           "weights_hash", "build_key", "default_cache_dir", "resolve_models", "is_built"]
+           "weights_hash", "build_key", "default_cache_dir", "resolve_models", "is_built", "model_folder"]
 
 # --------------------------------------------------------------------------- resolution / cache
 
@@ -58,16 +58,21 @@ def build_key(model_id: str, exemplars_path=None, prompts_dir=None) -> str:
     return h.hexdigest()[:16]
 
 
+def model_folder(model_id: str, cache_dir: str | Path | None = None, exemplars_path=None, prompts_dir=None) -> Path:
+    """Where the tiny model `model_id` lives in the cache under its current build key."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{model_id.split('/', 1)[1]}-{build_key(model_id, exemplars_path, prompts_dir)}"
+
+
 def build_tiny(model_id: str, cache_dir: str | Path | None = None, exemplars_path=None, prompts_dir=None) -> Path:
     """Build (once, under a file lock, atomically) and return the cached folder of a tiny model."""
     from filelock import FileLock
 
     if model_id not in TINY_IDS:
         raise KeyError(f"unknown tiny model id {model_id!r}; known: {sorted(TINY_IDS)}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = model_folder(model_id, cache_dir, exemplars_path, prompts_dir)
+    root, name = final.parent, model_id.split("/", 1)[1]
     root.mkdir(parents=True, exist_ok=True)
-    name = model_id.split("/", 1)[1]
-    final = root / f"{name}-{build_key(model_id, exemplars_path, prompts_dir)}"
     if (final / "tiny_build.json").is_file():
         return final
     with FileLock(str(final) + ".lock"):
@@ -96,8 +101,7 @@ def resolve_model(model_id: str, cache_dir: str | Path | None = None) -> str:
 
 def is_built(model_id: str, cache_dir: str | Path | None = None) -> bool:
     """Whether the tiny model `model_id` is in the cache under its current build key."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return (root / f"{model_id.split('/', 1)[1]}-{build_key(model_id)}" / "tiny_build.json").is_file()
+    return (model_folder(model_id, cache_dir) / "tiny_build.json").is_file()
 
 
 def resolve_models(model_ids: list[str], cache_dir: str | Path | None = None) -> dict[str, str]:
